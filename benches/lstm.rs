@@ -1,0 +1,76 @@
+//! LSTM throughput: a 2-layer LSTM (input 128, hidden 256) forward + backward on batch 16 x
+//! sequence 128, lmforge's [`Lstm`] against burn-nn's `Lstm` stacked twice, printing tokens/s.
+//! Run `benches/lstm_torch.py` in the same session for PyTorch's figure.
+//!
+//! ```sh
+//! cargo bench --bench lstm                    # default device (flex), or LMFORGE_DEVICE
+//! ```
+
+use std::time::Instant;
+
+use burn::nn::{Lstm as BurnLstm, LstmConfig as BurnLstmConfig};
+use burn::tensor::{Device, Tensor, TensorData};
+use lmforge::device::select_from_env;
+use lmforge::layers::rnn::{Lstm, LstmConfig};
+
+const D_INPUT: usize = 128;
+const D_HIDDEN: usize = 256;
+const BATCH: usize = 16;
+const SEQ: usize = 128;
+const REPEATS: usize = 10;
+
+fn measure(name: &str, device: &Device, mut step: impl FnMut()) {
+    for _ in 0..2 {
+        step();
+    }
+    let mut times: Vec<f64> = (0..REPEATS)
+        .map(|_| {
+            let start = Instant::now();
+            step();
+            device.sync().expect("device sync");
+            start.elapsed().as_secs_f64()
+        })
+        .collect();
+    times.sort_by(f64::total_cmp);
+    let median = times[REPEATS / 2];
+    println!(
+        "{name} fwd+bwd: median {:.1} ms, best {:.1} ms, {:.0} tokens/s",
+        median * 1e3,
+        times[0] * 1e3,
+        (BATCH * SEQ) as f64 / median
+    );
+}
+
+fn main() {
+    let selected = select_from_env().expect("device");
+    println!("device: {selected}; 2-layer LSTM {D_INPUT}->{D_HIDDEN}, batch {BATCH} x seq {SEQ}");
+    let device = selected.device.autodiff();
+    let values: Vec<f32> = (0..BATCH * SEQ * D_INPUT)
+        .map(|i| ((i * 31 % 97) as f32 - 48.0) / 97.0)
+        .collect();
+    let x = Tensor::<3>::from_data(TensorData::new(values, [BATCH, SEQ, D_INPUT]), &device)
+        .require_grad();
+
+    let lstm: Lstm = LstmConfig::new(D_INPUT, D_HIDDEN)
+        .with_n_layers(2)
+        .init(&device)
+        .expect("config");
+    measure("lmforge Lstm", &device, || {
+        let (y, state) = lstm.forward(x.clone(), None);
+        let loss = y.powf_scalar(2.0).mean() + state.hidden.sum() + state.cell.sum();
+        let grads = loss.backward();
+        let _ = x.grad(&grads).map(|g| g.sum().into_scalar::<f32>());
+    });
+
+    let burn_layers: [BurnLstm; 2] = [
+        BurnLstmConfig::new(D_INPUT, D_HIDDEN, true).init(&device),
+        BurnLstmConfig::new(D_HIDDEN, D_HIDDEN, true).init(&device),
+    ];
+    measure("burn-nn Lstm x2", &device, || {
+        let (y1, s1) = burn_layers[0].forward(x.clone(), None);
+        let (y2, s2) = burn_layers[1].forward(y1, None);
+        let loss = y2.powf_scalar(2.0).mean() + s1.hidden.sum() + s2.hidden.sum();
+        let grads = loss.backward();
+        let _ = x.grad(&grads).map(|g| g.sum().into_scalar::<f32>());
+    });
+}

@@ -1,0 +1,454 @@
+//! Multi-head attention with padding and causal masks, a KV cache and optional probabilities.
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::tensor::activation::softmax;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
+use burn::tensor::{Bool, Device, Tensor, TensorData};
+
+use super::cache::KvCache;
+use super::mask::attention_mask;
+use crate::error::{LayerError, assert_shape, check, fetch};
+use crate::transformer::normal_linear;
+
+/// Configuration of a [`MultiHeadAttention`].
+#[derive(Config, Debug)]
+pub struct MultiHeadAttentionConfig {
+    /// Model width: size of query inputs and of the output.
+    pub d_model: usize,
+    /// Number of heads; must divide `d_model`.
+    pub n_heads: usize,
+    /// Width of the key/value inputs for cross-attention. Default: `d_model`.
+    #[config(default = "None")]
+    pub d_memory: Option<usize>,
+    /// Dropout on the attention probabilities (training only). Default: 0.
+    #[config(default = 0.0)]
+    pub dropout: f64,
+    /// Biases on the four projections. Default: true.
+    #[config(default = true)]
+    pub bias: bool,
+    /// Standard deviation of the normal initialisation of the projection weights (biases start
+    /// at zero). Default: 0.02 (GPT-2, BERT).
+    #[config(default = 0.02)]
+    pub init_std: f64,
+}
+
+impl MultiHeadAttentionConfig {
+    /// Builds the layer.
+    ///
+    /// # Errors
+    /// [`LayerError::InvalidConfig`] when a size is zero, `n_heads` does not divide `d_model`,
+    /// or the dropout is outside `[0, 1)`.
+    pub fn init(&self, device: &Device) -> Result<MultiHeadAttention, LayerError> {
+        let layer = "MultiHeadAttentionConfig";
+        check(self.d_model > 0, layer, || "d_model must be > 0".into())?;
+        check(self.n_heads > 0, layer, || "n_heads must be > 0".into())?;
+        check(self.d_model.is_multiple_of(self.n_heads), layer, || {
+            format!(
+                "d_model ({}) must be divisible by n_heads ({})",
+                self.d_model, self.n_heads
+            )
+        })?;
+        check(self.d_memory != Some(0), layer, || {
+            "d_memory must be > 0".into()
+        })?;
+        check((0.0..1.0).contains(&self.dropout), layer, || {
+            format!("dropout must be in [0, 1), got {}", self.dropout)
+        })?;
+        let d_memory = self.d_memory.unwrap_or(self.d_model);
+        let linear = |d_in| normal_linear(d_in, self.d_model, self.bias, self.init_std, device);
+        Ok(MultiHeadAttention {
+            query: linear(self.d_model),
+            key: linear(d_memory),
+            value: linear(d_memory),
+            output: linear(self.d_model),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            n_heads: self.n_heads,
+            d_head: self.d_model / self.n_heads,
+            d_memory,
+            dropout_p: self.dropout,
+        })
+    }
+}
+
+/// What [`MultiHeadAttention::forward`] attends over.
+///
+/// # Shapes
+/// - `query`: `[batch_size, seq_q, d_model]`
+/// - `memory`: `[batch_size, seq_k, d_memory]` for cross-attention; `None` is self-attention
+///   (keys and values from `query`)
+/// - `mask_pad`: `[batch_size, seq_k]`, `true` = padding (never attended to)
+#[derive(Clone, Debug)]
+pub struct AttentionInput {
+    /// The sequence whose positions ask (and, in self-attention, answer).
+    pub query: Tensor<3>,
+    /// Keys and values for cross-attention.
+    pub memory: Option<Tensor<3>>,
+    /// Padding of the key positions.
+    pub mask_pad: Option<Tensor<2, Bool>>,
+    /// Forbid attending to later positions (aligned to the end: with a cache, query `i` sees
+    /// every cached key and the new keys up to `i`).
+    pub causal: bool,
+    /// Also return the attention probabilities.
+    pub need_weights: bool,
+}
+
+impl AttentionInput {
+    /// Self-attention over `x`, `[batch_size, seq_length, d_model]`.
+    pub fn self_attention(x: Tensor<3>) -> Self {
+        Self {
+            query: x,
+            memory: None,
+            mask_pad: None,
+            causal: false,
+            need_weights: false,
+        }
+    }
+
+    /// Cross-attention from `query` `[batch_size, seq_q, d_model]` to `memory`
+    /// `[batch_size, seq_k, d_memory]`.
+    pub fn cross_attention(query: Tensor<3>, memory: Tensor<3>) -> Self {
+        Self {
+            memory: Some(memory),
+            ..Self::self_attention(query)
+        }
+    }
+
+    /// Sets the key padding mask, `[batch_size, seq_k]`, `true` = padding.
+    pub fn mask_pad(mut self, mask_pad: Tensor<2, Bool>) -> Self {
+        self.mask_pad = Some(mask_pad);
+        self
+    }
+
+    /// Makes the attention causal.
+    pub fn causal(mut self) -> Self {
+        self.causal = true;
+        self
+    }
+
+    /// Asks for the attention probabilities in the output.
+    pub fn need_weights(mut self) -> Self {
+        self.need_weights = true;
+        self
+    }
+}
+
+/// The result of [`MultiHeadAttention::forward`].
+///
+/// # Shapes
+/// - `context`: `[batch_size, seq_q, d_model]`
+/// - `weights`: `[batch_size, n_heads, seq_q, seq_k]` (after masking, before dropout)
+#[derive(Clone, Debug)]
+pub struct AttentionOutput {
+    /// The attended values, projected back to `d_model`.
+    pub context: Tensor<3>,
+    /// The attention probabilities, when asked for.
+    pub weights: Option<Tensor<4>>,
+}
+
+/// Multi-head scaled dot-product attention (Vaswani et al. 2017):
+/// `softmax(Q Kᵀ / sqrt(d_head) + mask) V`, per head, then an output projection.
+///
+/// Self- and cross-attention, key padding mask and causal mask (combined: a position is hidden
+/// if either hides it), a KV cache for incremental decoding ([`Self::forward_cached`]),
+/// optional attention probabilities and attention dropout.
+///
+/// lmforge has its own attention rather than burn-nn's because it runs burn's fused attention
+/// op (`burn::tensor::module::attention`: a fused kernel on flex and GPU backends at inference)
+/// whenever neither probabilities nor dropout are needed, aligns the causal mask with a cache,
+/// and gives rows whose keys are all masked a zero context instead of NaN. The explicit path
+/// (probabilities or dropout) computes the same numbers.
+#[derive(Module, Debug)]
+pub struct MultiHeadAttention {
+    /// Query projection `d_model -> d_model`.
+    pub query: Linear,
+    /// Key projection `d_memory -> d_model`.
+    pub key: Linear,
+    /// Value projection `d_memory -> d_model`.
+    pub value: Linear,
+    /// Output projection `d_model -> d_model`.
+    pub output: Linear,
+    dropout: Dropout,
+    n_heads: usize,
+    d_head: usize,
+    d_memory: usize,
+    dropout_p: f64,
+}
+
+impl MultiHeadAttention {
+    /// Number of heads.
+    pub fn n_heads(&self) -> usize {
+        self.n_heads
+    }
+
+    /// Width of one head.
+    pub fn d_head(&self) -> usize {
+        self.d_head
+    }
+
+    /// Model width, `n_heads * d_head`.
+    pub fn d_model(&self) -> usize {
+        self.n_heads * self.d_head
+    }
+
+    /// `[batch_size, seq, d_model]` -> `[batch_size, n_heads, seq, d_head]`.
+    fn split_heads(&self, x: Tensor<3>) -> Tensor<4> {
+        let [batch_size, seq_length, _] = x.dims();
+        x.reshape([batch_size, seq_length, self.n_heads, self.d_head])
+            .swap_dims(1, 2)
+    }
+
+    /// Attends `query` over whole sequences.
+    ///
+    /// # Shapes
+    /// See [`AttentionInput`] and [`AttentionOutput`].
+    ///
+    /// # Panics
+    /// When an input's shape disagrees with the layer or the other inputs (the message names
+    /// the expected and actual shape).
+    pub fn forward(&self, input: AttentionInput) -> AttentionOutput {
+        let (q, k, v) = self.project(&input);
+        self.attend(q, k, v, &input, 0)
+    }
+
+    /// Attends with a [`KvCache`]: for self-attention the new keys and values are appended to
+    /// the cache and the queries attend over everything cached; for cross-attention the memory
+    /// is projected on the first call only and reused afterwards (later calls may pass any
+    /// `memory`, or the same one; it is not read again).
+    ///
+    /// Running a sequence one position at a time through this method gives the same outputs
+    /// as one causal [`Self::forward`] over the whole sequence.
+    ///
+    /// # Shapes
+    /// As [`Self::forward`]; `mask_pad` covers all keys, `[batch_size, seq_cached + seq_q]` for
+    /// self-attention.
+    pub fn forward_cached(&self, input: AttentionInput, cache: &mut KvCache) -> AttentionOutput {
+        let is_cross = input.memory.is_some();
+        let q = self.split_heads(self.checked_query(&input));
+        let (k, v, past) = if is_cross {
+            if cache.key.is_none() {
+                let (k, v) = self.project_memory(&input);
+                cache.key = Some(k);
+                cache.value = Some(v);
+            }
+            (cache.key.clone().unwrap(), cache.value.clone().unwrap(), 0)
+        } else {
+            let (k_new, v_new) = self.project_memory(&input);
+            let past = cache.len();
+            let (k, v) = match (cache.key.take(), cache.value.take()) {
+                (Some(k), Some(v)) => (
+                    Tensor::cat(vec![k, k_new], 2),
+                    Tensor::cat(vec![v, v_new], 2),
+                ),
+                _ => (k_new, v_new),
+            };
+            cache.key = Some(k.clone());
+            cache.value = Some(v.clone());
+            (k, v, past)
+        };
+        self.attend(q, k, v, &input, past)
+    }
+
+    fn checked_query(&self, input: &AttentionInput) -> Tensor<3> {
+        let d_model = self.d_model();
+        assert_shape(
+            "MultiHeadAttention",
+            "query",
+            &input.query.dims(),
+            &[None, None, Some(d_model)],
+        );
+        self.query.forward(input.query.clone())
+    }
+
+    /// Keys and values, `[batch_size, n_heads, seq_k, d_head]`.
+    fn project_memory(&self, input: &AttentionInput) -> (Tensor<4>, Tensor<4>) {
+        let memory = input.memory.as_ref().unwrap_or(&input.query);
+        let batch_size = input.query.dims()[0];
+        let expected_width = if input.memory.is_some() {
+            self.d_memory
+        } else {
+            self.d_model()
+        };
+        assert_shape(
+            "MultiHeadAttention",
+            if input.memory.is_some() {
+                "memory"
+            } else {
+                "query"
+            },
+            &memory.dims(),
+            &[Some(batch_size), None, Some(expected_width)],
+        );
+        (
+            self.split_heads(self.key.forward(memory.clone())),
+            self.split_heads(self.value.forward(memory.clone())),
+        )
+    }
+
+    fn project(&self, input: &AttentionInput) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
+        let q = self.split_heads(self.checked_query(input));
+        let (k, v) = self.project_memory(input);
+        (q, k, v)
+    }
+
+    /// Attention of `q` over `k`, `v` (`[batch_size, n_heads, seq, d_head]`); `past` is the
+    /// number of cached positions before the first query (for the causal alignment check).
+    fn attend(
+        &self,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        v: Tensor<4>,
+        input: &AttentionInput,
+        past: usize,
+    ) -> AttentionOutput {
+        let [batch_size, _, seq_q, _] = q.dims();
+        let seq_k = k.dims()[2];
+        debug_assert!(!input.causal || input.memory.is_some() || seq_k == past + seq_q);
+        if let Some(mask_pad) = &input.mask_pad {
+            assert_shape(
+                "MultiHeadAttention",
+                "mask_pad",
+                &mask_pad.dims(),
+                &[Some(batch_size), Some(seq_k)],
+            );
+        }
+        let device = q.device();
+        let dropout_active = self.dropout_p > 0.0 && device.is_autodiff();
+        let (context, weights) = if input.need_weights || dropout_active {
+            let scale = (self.d_head as f64).sqrt().recip();
+            let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
+            let mask = attention_mask(
+                input.mask_pad.clone(),
+                input.causal,
+                [batch_size, self.n_heads, seq_q, seq_k],
+                &device,
+            );
+            let probs = masked_softmax(scores, mask);
+            let context = self.dropout.forward(probs.clone()).matmul(v);
+            (context, input.need_weights.then_some(probs))
+        } else {
+            let mask = input.mask_pad.clone().map(|mask_pad| {
+                attention_mask(
+                    Some(mask_pad),
+                    false,
+                    [batch_size, self.n_heads, seq_q, seq_k],
+                    &device,
+                )
+                .expect("a padding mask gives a mask")
+            });
+            let options = AttentionModuleOptions {
+                scale: None,
+                softcap: None,
+                is_causal: input.causal,
+            };
+            (attention(q, k, v, mask, None, options), None)
+        };
+        let context = context
+            .swap_dims(1, 2)
+            .reshape([batch_size, seq_q, self.d_model()]);
+        AttentionOutput {
+            context: self.output.forward(context),
+            weights,
+        }
+    }
+}
+
+/// Softmax over the last dimension with masked positions (`true`) excluded; a row whose
+/// positions are all masked gives zeros (not NaN), as burn's fused attention does.
+fn masked_softmax(scores: Tensor<4>, mask: Option<Tensor<4, Bool>>) -> Tensor<4> {
+    match mask {
+        None => softmax(scores, 3),
+        Some(mask) => {
+            let scores = scores.mask_fill(mask.clone(), f32::NEG_INFINITY);
+            let max = scores.clone().max_dim(3).clamp_min(f32::MIN);
+            let exp = (scores - max).exp();
+            let sum = exp.clone().sum_dim(3).clamp_min(f32::MIN_POSITIVE);
+            exp / sum
+        }
+    }
+}
+
+impl MultiHeadAttention {
+    /// Loads weights from a PyTorch `nn.MultiheadAttention` state dict (`in_proj_weight`,
+    /// `in_proj_bias`, `out_proj.weight`, `out_proj.bias`; self-attention layout, where query,
+    /// key and value are stacked in `in_proj_*`), given as a lookup by key and the keys present.
+    ///
+    /// # Errors
+    /// [`LayerError::MissingWeight`], [`LayerError::WeightShape`] (with both shapes) or
+    /// [`LayerError::UnexpectedWeights`].
+    pub fn load_pytorch(
+        mut self,
+        mut lookup: impl FnMut(&str) -> Option<TensorData>,
+        keys: impl IntoIterator<Item = String>,
+    ) -> Result<Self, LayerError> {
+        let layer = "MultiHeadAttention";
+        let d_model = self.d_model();
+        check_loadable(layer, self.d_memory == d_model)?;
+        let in_weight = fetch(
+            layer,
+            &mut lookup,
+            "in_proj_weight",
+            &[3 * d_model, d_model],
+        )?;
+        let in_weight = Tensor::<2>::from_data(in_weight, &self.query.weight.device());
+        let mut used = vec!["in_proj_weight".to_string()];
+        let weights = in_weight.chunk(3, 0);
+        let has_bias = self.query.bias.is_some();
+        let biases = if has_bias {
+            used.push("in_proj_bias".into());
+            let b = fetch(layer, &mut lookup, "in_proj_bias", &[3 * d_model])?;
+            Tensor::<1>::from_data(b, &self.query.weight.device())
+                .chunk(3, 0)
+                .into_iter()
+                .map(Some)
+                .collect()
+        } else {
+            vec![None, None, None]
+        };
+        for ((linear, weight), bias) in [&mut self.query, &mut self.key, &mut self.value]
+            .into_iter()
+            .zip(weights)
+            .zip(biases)
+        {
+            set_linear(linear, weight, bias);
+        }
+        let out_weight = fetch(layer, &mut lookup, "out_proj.weight", &[d_model, d_model])?;
+        used.push("out_proj.weight".into());
+        let out_bias = if has_bias {
+            used.push("out_proj.bias".into());
+            Some(fetch(layer, &mut lookup, "out_proj.bias", &[d_model])?)
+        } else {
+            None
+        };
+        let device = self.output.weight.device();
+        set_linear(
+            &mut self.output,
+            Tensor::from_data(out_weight, &device),
+            out_bias.map(|b| Tensor::from_data(b, &device)),
+        );
+        let unexpected: Vec<String> = keys.into_iter().filter(|k| !used.contains(k)).collect();
+        if !unexpected.is_empty() {
+            return Err(LayerError::UnexpectedWeights {
+                layer,
+                names: unexpected,
+            });
+        }
+        Ok(self)
+    }
+}
+
+fn check_loadable(layer: &'static str, same_width: bool) -> Result<(), LayerError> {
+    check(same_width, layer, || {
+        "PyTorch's stacked in_proj layout needs d_memory == d_model".into()
+    })
+}
+
+/// Sets a burn `Linear` from a PyTorch-layout weight `[d_out, d_in]` and bias.
+fn set_linear(linear: &mut Linear, weight: Tensor<2>, bias: Option<Tensor<1>>) {
+    linear.weight = Param::from_tensor(weight.transpose());
+    if let Some(bias) = bias {
+        linear.bias = Some(Param::from_tensor(bias));
+    }
+}

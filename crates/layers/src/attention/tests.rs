@@ -1,0 +1,273 @@
+//! Unit tests of multi-head attention: shapes, masks, the two computation paths, the cache,
+//! errors and backend parity. (Agreement with PyTorch: the workspace's tests/.)
+
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use lmforge_device::testing::{
+    Outputs, Tolerance, assert_parity, reference_device, to_test_device,
+};
+
+use super::*;
+use crate::LayerError;
+
+fn input(batch_size: usize, seq_length: usize, d: usize, salt: usize) -> Tensor<3> {
+    let n = batch_size * seq_length * d;
+    let values: Vec<f32> = (0..n)
+        .map(|i| (((i + salt) * 29 % 31) as f32 - 15.0) / 8.0)
+        .collect();
+    Tensor::from_data(
+        TensorData::new(values, [batch_size, seq_length, d]),
+        reference_device(),
+    )
+}
+
+fn mha(d_model: usize, n_heads: usize) -> MultiHeadAttention {
+    reference_device().seed(11);
+    MultiHeadAttentionConfig::new(d_model, n_heads)
+        .with_init_std(0.3)
+        .init(reference_device())
+        .unwrap()
+}
+
+fn max_abs_diff<const D: usize>(a: Tensor<D>, b: Tensor<D>) -> f32 {
+    (a - b).abs().max().into_scalar::<f32>()
+}
+
+fn lengths_mask(lengths: &[i64], seq_length: usize) -> Tensor<2, Bool> {
+    let lengths = Tensor::<1, Int>::from_data(
+        TensorData::new(lengths.to_vec(), [lengths.len()]),
+        reference_device(),
+    );
+    padding_mask(lengths, seq_length)
+}
+
+#[test]
+fn shapes_for_self_and_cross_attention_including_batch_one() {
+    for batch_size in [1, 3] {
+        let layer = mha(8, 2);
+        let out = layer
+            .forward(AttentionInput::self_attention(input(batch_size, 5, 8, 0)).need_weights());
+        assert_eq!(out.context.dims(), [batch_size, 5, 8]);
+        assert_eq!(out.weights.unwrap().dims(), [batch_size, 2, 5, 5]);
+
+        let cross = MultiHeadAttentionConfig::new(8, 4)
+            .with_d_memory(Some(6))
+            .init(reference_device())
+            .unwrap();
+        let out = cross.forward(
+            AttentionInput::cross_attention(input(batch_size, 5, 8, 0), input(batch_size, 7, 6, 1))
+                .need_weights(),
+        );
+        assert_eq!(out.context.dims(), [batch_size, 5, 8]);
+        assert_eq!(out.weights.unwrap().dims(), [batch_size, 4, 5, 7]);
+    }
+}
+
+/// The fused op (no probabilities asked) and the explicit path give the same context, with
+/// and without masks.
+#[test]
+fn fused_and_explicit_paths_agree() {
+    let layer = mha(8, 2);
+    let x = input(2, 6, 8, 3);
+    let pad = lengths_mask(&[6, 3], 6);
+    for (causal, pad) in [
+        (false, None),
+        (true, None),
+        (false, Some(pad.clone())),
+        (true, Some(pad)),
+    ] {
+        let mut base = AttentionInput::self_attention(x.clone());
+        base.causal = causal;
+        base.mask_pad = pad;
+        let fused = layer.forward(base.clone()).context;
+        let explicit = layer.forward(base.need_weights()).context;
+        assert!(max_abs_diff(fused, explicit) < 1e-5, "causal {causal}");
+    }
+}
+
+/// Probabilities are a distribution over the visible keys: rows sum to 1, masked keys get 0.
+#[test]
+fn weights_are_zero_on_masked_keys_and_rows_sum_to_one() {
+    let layer = mha(8, 2);
+    let out = layer.forward(
+        AttentionInput::self_attention(input(2, 5, 8, 0))
+            .mask_pad(lengths_mask(&[5, 3], 5))
+            .causal()
+            .need_weights(),
+    );
+    let weights = out.weights.unwrap(); // [2, 2, 5, 5]
+    let values = weights.clone().into_data().try_into_vec::<f32>().unwrap();
+    for (row_index, row) in values.chunks(5).enumerate() {
+        let batch = row_index / 10;
+        let query = row_index % 5;
+        let visible = |key: usize| key <= query && (batch == 0 || key < 3);
+        for (key, p) in row.iter().enumerate() {
+            if !visible(key) {
+                assert_eq!(*p, 0.0, "batch {batch} query {query} key {key}");
+            }
+        }
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-5);
+    }
+}
+
+/// A query whose keys are all masked gets a zero context before the output projection (its
+/// output is the output bias), never NaN.
+#[test]
+fn fully_masked_rows_give_zeros_not_nan() {
+    let layer = mha(4, 1);
+    let all_padding =
+        Tensor::<2, Bool>::from_data(TensorData::new(vec![true; 3], [1, 3]), reference_device());
+    for need_weights in [false, true] {
+        let mut input =
+            AttentionInput::self_attention(input(1, 3, 4, 0)).mask_pad(all_padding.clone());
+        input.need_weights = need_weights;
+        let context = layer.forward(input).context;
+        let bias = layer
+            .output
+            .bias
+            .as_ref()
+            .unwrap()
+            .val()
+            .reshape([1, 1, 4])
+            .expand([1, 3, 4]);
+        assert!(
+            max_abs_diff(context, bias) < 1e-6,
+            "need_weights {need_weights}"
+        );
+    }
+}
+
+/// Feeding a sequence one position at a time through the cache equals one causal pass over
+/// the whole sequence (20 steps, tolerance 1e-5), with the padding mask growing as it goes.
+#[test]
+fn cached_incremental_attention_equals_full_causal_forward() {
+    let layer = mha(8, 2);
+    let steps = 20;
+    let x = input(2, steps, 8, 5);
+    let pad = lengths_mask(&[20, 20], steps);
+    let full = layer
+        .forward(
+            AttentionInput::self_attention(x.clone())
+                .mask_pad(pad.clone())
+                .causal(),
+        )
+        .context;
+    let mut cache = KvCache::new();
+    for t in 0..steps {
+        let step = AttentionInput::self_attention(x.clone().narrow(1, t, 1))
+            .mask_pad(pad.clone().narrow(1, 0, t + 1))
+            .causal();
+        let out = layer.forward_cached(step, &mut cache).context;
+        assert_eq!(cache.len(), t + 1);
+        let expected = full.clone().narrow(1, t, 1);
+        assert!(max_abs_diff(out, expected) < 1e-5, "step {t}");
+    }
+    // A prompt of several positions at once, then single steps, gives the same result too.
+    let mut cache = KvCache::new();
+    let prompt = layer.forward_cached(
+        AttentionInput::self_attention(x.clone().narrow(1, 0, 7)).causal(),
+        &mut cache,
+    );
+    assert!(max_abs_diff(prompt.context, full.clone().narrow(1, 0, 7)) < 1e-5);
+    let next = layer.forward_cached(
+        AttentionInput::self_attention(x.narrow(1, 7, 1)).causal(),
+        &mut cache,
+    );
+    assert!(max_abs_diff(next.context, full.narrow(1, 7, 1)) < 1e-5);
+}
+
+/// Cross-attention through the cache projects the memory once and equals the uncached result.
+#[test]
+fn cached_cross_attention_reuses_the_memory() {
+    let layer = mha(8, 2);
+    let memory = input(2, 4, 8, 9);
+    let queries = input(2, 3, 8, 2);
+    let full = layer
+        .forward(AttentionInput::cross_attention(
+            queries.clone(),
+            memory.clone(),
+        ))
+        .context;
+    let mut cache = KvCache::new();
+    for t in 0..3 {
+        let out = layer.forward_cached(
+            AttentionInput::cross_attention(queries.clone().narrow(1, t, 1), memory.clone()),
+            &mut cache,
+        );
+        assert_eq!(cache.len(), 4);
+        assert!(max_abs_diff(out.context, full.clone().narrow(1, t, 1)) < 1e-5);
+    }
+}
+
+#[test]
+fn bad_configs_are_errors() {
+    let err = MultiHeadAttentionConfig::new(10, 3)
+        .init(reference_device())
+        .unwrap_err();
+    assert_eq!(
+        err,
+        LayerError::InvalidConfig {
+            layer: "MultiHeadAttentionConfig",
+            reason: "d_model (10) must be divisible by n_heads (3)".into()
+        }
+    );
+    let err = MultiHeadAttentionConfig::new(8, 0)
+        .init(reference_device())
+        .unwrap_err();
+    assert!(err.to_string().contains("n_heads must be > 0"), "{err}");
+}
+
+#[test]
+#[should_panic(expected = "MultiHeadAttention: `mask_pad` has shape [2, 4], expected [2, 5]")]
+fn mismatched_mask_panics_with_both_shapes() {
+    let layer = mha(8, 2);
+    let _ = layer.forward(
+        AttentionInput::self_attention(input(2, 5, 8, 0)).mask_pad(lengths_mask(&[4, 4], 4)),
+    );
+}
+
+#[test]
+#[should_panic(expected = "MultiHeadAttention: `query` has shape [2, 5, 6], expected [_, _, 8]")]
+fn wrong_width_panics_with_both_shapes() {
+    let _ = mha(8, 2).forward(AttentionInput::self_attention(input(2, 5, 6, 0)));
+}
+
+/// Backend parity, forward and backward, with masks, probabilities and every gradient.
+#[test]
+fn parity_across_devices() {
+    let layer = mha(8, 2);
+    let x = input(2, 5, 8, 4).into_data();
+    let memory = input(2, 3, 8, 6).into_data();
+    let pad = lengths_mask(&[5, 2], 5).into_data();
+    assert_parity(Tolerance::rel_abs(1e-4, 1e-5), |device| {
+        let layer = to_test_device(&layer, device);
+        let x = Tensor::<3>::from_data(x.clone(), device).require_grad();
+        let memory = Tensor::<3>::from_data(memory.clone(), device).require_grad();
+        let pad = Tensor::<2, Bool>::from_data(pad.clone(), device);
+        let fused = layer.forward(
+            AttentionInput::self_attention(x.clone())
+                .mask_pad(pad.clone())
+                .causal(),
+        );
+        let explicit = layer.forward(
+            AttentionInput::self_attention(x.clone())
+                .mask_pad(pad)
+                .causal()
+                .need_weights(),
+        );
+        let cross = layer.forward(AttentionInput::cross_attention(x.clone(), memory.clone()));
+        let weights = explicit.weights.unwrap();
+        let loss = fused.context.clone().powf_scalar(2.0).sum()
+            + explicit.context.clone().sin().sum()
+            + (weights.clone() * weights.clone()).sum()
+            + cross.context.clone().sum();
+        let grads = loss.backward();
+        Outputs::new()
+            .float("fused", fused.context)
+            .float("explicit", explicit.context)
+            .float("weights", weights)
+            .float("cross", cross.context)
+            .float("dx", x.grad(&grads).unwrap())
+            .float("dmemory", memory.grad(&grads).unwrap())
+            .grads("mha", &layer, &grads)
+    });
+}

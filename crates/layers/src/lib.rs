@@ -1,0 +1,33 @@
+//! The building blocks of lmforge's models, usable on their own in any burn model.
+//!
+//! - [`rnn`]: Elman RNN, LSTM and GRU (stacked, bidirectional, stateful, PyTorch layout).
+//! - [`attention`]: multi-head attention with padding and causal masks, a KV cache and
+//!   optional attention probabilities.
+//! - [`position`]: learned, sinusoidal and rotary positional encodings.
+//! - [`transformer`]: feed-forward sub-layer, LayerNorm/RMSNorm, and Transformer encoder and
+//!   decoder blocks (pre-LN or post-LN, optional cross-attention, KV-cached decoding).
+//!
+//! Every layer works on any burn device; this crate never selects a backend.
+//!
+//! ```
+//! use burn::tensor::{Device, Tensor};
+//! use lmforge_layers::rnn::LstmConfig;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let device = lmforge_device::device_from_env()?;
+//! let lstm = LstmConfig::new(8, 16).with_n_layers(2).init(&device)?;
+//! let x = Tensor::<3>::zeros([4, 10, 8], &device); // [batch_size, seq_length, d_input]
+//! let (y, state) = lstm.forward(x, None);
+//! assert_eq!(y.dims(), [4, 10, 16]);
+//! assert_eq!(state.hidden.dims(), [2, 4, 16]); // [n_layers, batch_size, d_hidden]
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod attention;
+mod error;
+pub mod position;
+pub mod rnn;
+pub mod transformer;
+
+pub use error::LayerError;

@@ -1,0 +1,14 @@
+//! Positional encodings: learned absolute positions (GPT-2, BERT), fixed sinusoidal positions
+//! (Vaswani et al. 2017) and rotary position embeddings applied to queries and keys (RoPE, Su
+//! et al. 2021).
+
+mod learned;
+mod rotary;
+mod sinusoidal;
+
+pub use learned::{LearnedPositions, LearnedPositionsConfig};
+pub use rotary::{RotaryEncoding, RotaryEncodingConfig, RotaryStyle};
+pub use sinusoidal::{SinusoidalPositions, SinusoidalPositionsConfig};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,138 @@
+//! The position-wise feed-forward block of a Transformer.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::tensor::activation::{gelu, gelu_approximate, relu, silu};
+use burn::tensor::{Device, Tensor};
+
+use crate::error::{LayerError, check};
+
+/// The non-linearity of a [`FeedForward`].
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum FeedForwardActivation {
+    /// GELU with the exact error function (BERT).
+    Gelu,
+    /// GELU's tanh approximation (GPT-2's `gelu_new`).
+    GeluTanh,
+    /// ReLU (the original Transformer).
+    Relu,
+    /// SwiGLU (Shazeer 2020): `down(silu(gate(x)) ⊙ up(x))`, with a third projection.
+    SwiGlu,
+}
+
+/// Configuration of a [`FeedForward`].
+#[derive(Config, Debug)]
+pub struct FeedForwardConfig {
+    /// Model width.
+    pub d_model: usize,
+    /// Inner width.
+    pub d_ff: usize,
+    /// The non-linearity. Default: exact GELU.
+    #[config(default = "FeedForwardActivation::Gelu")]
+    pub activation: FeedForwardActivation,
+    /// Dropout after the activation (training only). Default: 0.
+    #[config(default = 0.0)]
+    pub dropout: f64,
+    /// Biases on the projections. Default: true.
+    #[config(default = true)]
+    pub bias: bool,
+    /// Standard deviation of the normal weight initialisation (biases start at zero).
+    /// Default: 0.02.
+    #[config(default = 0.02)]
+    pub init_std: f64,
+}
+
+impl FeedForwardConfig {
+    /// Builds the block.
+    ///
+    /// # Errors
+    /// [`LayerError::InvalidConfig`] for a zero size or a dropout outside `[0, 1)`.
+    pub fn init(&self, device: &Device) -> Result<FeedForward, LayerError> {
+        let layer = "FeedForwardConfig";
+        check(self.d_model > 0, layer, || "d_model must be > 0".into())?;
+        check(self.d_ff > 0, layer, || "d_ff must be > 0".into())?;
+        check((0.0..1.0).contains(&self.dropout), layer, || {
+            format!("dropout must be in [0, 1), got {}", self.dropout)
+        })?;
+        let linear = |d_in, d_out| normal_linear(d_in, d_out, self.bias, self.init_std, device);
+        Ok(FeedForward {
+            up: linear(self.d_model, self.d_ff),
+            gate: (self.activation == FeedForwardActivation::SwiGlu)
+                .then(|| linear(self.d_model, self.d_ff)),
+            down: linear(self.d_ff, self.d_model),
+            dropout: DropoutConfig::new(self.dropout).init(),
+            activation: self.activation,
+        })
+    }
+}
+
+/// A `Linear` with `N(0, std^2)` weights and zero bias (GPT-2 and BERT initialisation).
+pub(crate) fn normal_linear(
+    d_in: usize,
+    d_out: usize,
+    bias: bool,
+    std: f64,
+    device: &Device,
+) -> Linear {
+    let mut linear = LinearConfig::new(d_in, d_out)
+        .with_bias(bias)
+        .with_initializer(Initializer::Normal { mean: 0.0, std })
+        .init(device);
+    if let Some(b) = linear.bias.take() {
+        linear.bias = Some(b.map(|b| b.zeros_like()));
+    }
+    linear
+}
+
+/// Exact GELU, `x Φ(x) = x/2 (1 + erf(x/√2))`, with an exact gradient on every backend.
+///
+/// burn 0.22's fused `gelu` is exact forward everywhere, but its backward on the backends
+/// that use burn's default (ndarray, wgpu) is the derivative of the tanh approximation (off by
+/// ~1e-4 in BERT gradients; flex is exact). So when `x` is tracked by autodiff, GELU is composed
+/// from `erf`, whose gradient is exact; inference keeps the fused op.
+pub(crate) fn gelu_exact<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    if x.is_tracked() {
+        let half = x.clone().mul_scalar(0.5);
+        half.clone() + half * x.mul_scalar(std::f64::consts::FRAC_1_SQRT_2).erf()
+    } else {
+        gelu(x)
+    }
+}
+
+/// `down(dropout(act(up(x))))`, applied at every position; with SwiGLU,
+/// `down(dropout(silu(gate(x)) ⊙ up(x)))`.
+///
+/// A thin composition of burn-nn `Linear` layers; its own type so the activation (exact or
+/// tanh GELU, ReLU, SwiGLU) is a config choice and the weights keep GPT-2/BERT-style names.
+#[derive(Module, Debug)]
+pub struct FeedForward {
+    /// `d_model -> d_ff`.
+    pub up: Linear,
+    /// `d_model -> d_ff` gate (SwiGLU only).
+    pub gate: Option<Linear>,
+    /// `d_ff -> d_model`.
+    pub down: Linear,
+    dropout: Dropout,
+    #[module(skip)]
+    activation: FeedForwardActivation,
+}
+
+impl FeedForward {
+    /// # Shapes
+    /// - `x`: `[batch_size, seq_length, d_model]`
+    /// - returns: `[batch_size, seq_length, d_model]`
+    pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let up = self.up.forward(x.clone());
+        let hidden = match self.activation {
+            FeedForwardActivation::Gelu => gelu_exact(up),
+            FeedForwardActivation::GeluTanh => gelu_approximate(up),
+            FeedForwardActivation::Relu => relu(up),
+            FeedForwardActivation::SwiGlu => {
+                let gate = self.gate.as_ref().expect("SwiGLU has a gate projection");
+                silu(gate.forward(x)) * up
+            }
+        };
+        self.down.forward(self.dropout.forward(hidden))
+    }
+}

@@ -1,0 +1,16 @@
+//! Transformer building blocks (Vaswani et al. 2017): the feed-forward sub-layer, the norms,
+//! and encoder and decoder blocks in pre-LN (GPT-2) or post-LN (BERT) arrangement.
+
+mod block;
+mod feed_forward;
+mod norm;
+
+pub use block::{
+    BlockConfig, CrossAttention, DecoderBlock, DecoderBlockCache, EncoderBlock, Memory,
+};
+pub(crate) use feed_forward::normal_linear;
+pub use feed_forward::{FeedForward, FeedForwardActivation, FeedForwardConfig};
+pub use norm::{Norm, NormKind};
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,175 @@
+//! Unit tests of the Transformer blocks: shapes, cached decoding, errors, backend parity.
+//! (Agreement with HuggingFace's GPT-2 and BERT blocks: the workspace's tests/.)
+
+use burn::tensor::{Tensor, TensorData};
+use lmforge_device::testing::{
+    Outputs, Tolerance, assert_parity, reference_device, to_test_device,
+};
+
+use super::*;
+use crate::LayerError;
+
+fn input(batch_size: usize, seq_length: usize, d: usize, salt: usize) -> Tensor<3> {
+    let n = batch_size * seq_length * d;
+    let values: Vec<f32> = (0..n)
+        .map(|i| (((i + salt) * 13 % 17) as f32 - 8.0) / 6.0)
+        .collect();
+    Tensor::from_data(
+        TensorData::new(values, [batch_size, seq_length, d]),
+        reference_device(),
+    )
+}
+
+fn max_abs_diff(a: Tensor<3>, b: Tensor<3>) -> f32 {
+    (a - b).abs().max().into_scalar::<f32>()
+}
+
+fn config() -> BlockConfig {
+    BlockConfig::new(8, 2, 16).with_init_std(0.2)
+}
+
+#[test]
+fn every_block_variant_keeps_the_shape() {
+    let device = reference_device();
+    for norm_first in [true, false] {
+        for activation in [
+            FeedForwardActivation::Gelu,
+            FeedForwardActivation::GeluTanh,
+            FeedForwardActivation::Relu,
+            FeedForwardActivation::SwiGlu,
+        ] {
+            for norm in [NormKind::LayerNorm, NormKind::RmsNorm] {
+                let config = config()
+                    .with_norm_first(norm_first)
+                    .with_activation(activation)
+                    .with_norm(norm);
+                let encoder = config.init_encoder(device).unwrap();
+                assert_eq!(encoder.forward(input(1, 4, 8, 0), None).dims(), [1, 4, 8]);
+                let decoder = config
+                    .clone()
+                    .with_cross_attention(Some(6))
+                    .init_decoder(device)
+                    .unwrap();
+                let memory = Memory {
+                    memory: input(1, 3, 6, 1),
+                    mask_pad: None,
+                };
+                let y = decoder.forward(input(1, 4, 8, 0), None, Some(&memory));
+                assert_eq!(y.dims(), [1, 4, 8]);
+            }
+        }
+    }
+}
+
+/// Decoding position by position through the caches equals the full decoder forward, with
+/// cross-attention, for pre-LN and post-LN.
+#[test]
+fn cached_decoder_equals_full_forward() {
+    let device = reference_device();
+    for norm_first in [true, false] {
+        device.seed(3);
+        let block = config()
+            .with_norm_first(norm_first)
+            .with_cross_attention(Some(8))
+            .init_decoder(device)
+            .unwrap();
+        let x = input(2, 9, 8, 2);
+        let memory = Memory {
+            memory: input(2, 4, 8, 7),
+            mask_pad: None,
+        };
+        let full = block.forward(x.clone(), None, Some(&memory));
+        let mut cache = DecoderBlockCache::default();
+        for t in 0..9 {
+            let y =
+                block.forward_cached(x.clone().narrow(1, t, 1), None, Some(&memory), &mut cache);
+            assert!(
+                max_abs_diff(y, full.clone().narrow(1, t, 1)) < 1e-5,
+                "step {t}"
+            );
+        }
+    }
+}
+
+/// Pre-LN and post-LN are different computations: the flag is honoured.
+#[test]
+fn norm_placement_changes_the_result() {
+    let device = reference_device();
+    device.seed(5);
+    let pre = config().init_encoder(device).unwrap();
+    let mut post = pre.clone();
+    post.norm_first = false;
+    let x = input(1, 4, 8, 3);
+    assert!(max_abs_diff(pre.forward(x.clone(), None), post.forward(x, None)) > 1e-3);
+}
+
+#[test]
+fn bad_configs_are_errors() {
+    let device = reference_device();
+    let err = BlockConfig::new(10, 4, 16)
+        .init_encoder(device)
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("must be divisible by n_heads"),
+        "{err}"
+    );
+    let err = config()
+        .with_cross_attention(Some(8))
+        .init_encoder(device)
+        .unwrap_err();
+    assert_eq!(
+        err,
+        LayerError::InvalidConfig {
+            layer: "BlockConfig",
+            reason: "an encoder block has no cross-attention".into()
+        }
+    );
+    assert!(FeedForwardConfig::new(8, 0).init(device).is_err());
+}
+
+#[test]
+#[should_panic(expected = "memory must be given exactly when the block has cross-attention")]
+fn decoder_without_memory_for_cross_attention_panics() {
+    let block = config()
+        .with_cross_attention(Some(8))
+        .init_decoder(reference_device())
+        .unwrap();
+    let _ = block.forward(input(1, 3, 8, 0), None, None);
+}
+
+/// Backend parity of encoder (post-LN, SwiGLU) and decoder (pre-LN, RMSNorm, cross-attention)
+/// blocks, forward and backward, with every gradient.
+#[test]
+fn parity_across_devices() {
+    let device = reference_device();
+    let encoder = config()
+        .with_norm_first(false)
+        .with_activation(FeedForwardActivation::SwiGlu)
+        .init_encoder(device)
+        .unwrap();
+    let decoder = config()
+        .with_norm(NormKind::RmsNorm)
+        .with_cross_attention(Some(8))
+        .init_decoder(device)
+        .unwrap();
+    let x = input(2, 5, 8, 1).into_data();
+    let memory = input(2, 3, 8, 4).into_data();
+    assert_parity(Tolerance::rel_abs(1e-4, 1e-5), |device| {
+        let (encoder, decoder) = (
+            to_test_device(&encoder, device),
+            to_test_device(&decoder, device),
+        );
+        let x = Tensor::<3>::from_data(x.clone(), device).require_grad();
+        let memory = Memory {
+            memory: encoder.forward(Tensor::<3>::from_data(memory.clone(), device), None),
+            mask_pad: None,
+        };
+        let y = decoder.forward(x.clone(), None, Some(&memory));
+        let grads = y.clone().powf_scalar(2.0).sum().backward();
+        Outputs::new()
+            .float("y", y)
+            .float("dx", x.grad(&grads).unwrap())
+            .grads("encoder", &encoder, &grads)
+            .grads("decoder", &decoder, &grads)
+    });
+}
