@@ -64,6 +64,24 @@ fn norm_grads(norm: &Norm, grads: &Gradients) -> (Tensor<1>, Tensor<1>) {
     )
 }
 
+/// Every parameter takes part: each gradient is non-zero somewhere, except the key bias, which
+/// adds the same amount to all of a query's scores (softmax ignores it), so its gradient is
+/// exactly zero here and in PyTorch.
+fn assert_gradients_reach_every_parameter(reference: &Outputs) {
+    for entry in reference
+        .entries()
+        .iter()
+        .filter(|e| e.name.starts_with("grad.param."))
+    {
+        let max = entry.values.iter().fold(0f64, |m, v| m.max(v.abs()));
+        if entry.name.ends_with("key.bias") {
+            assert!(max < 1e-6, "{}: {max}", entry.name);
+        } else {
+            assert!(max > 1e-6, "{} is zero", entry.name);
+        }
+    }
+}
+
 fn inputs(
     fixture: &Fixture,
     device: &Device,
@@ -181,6 +199,7 @@ fn gpt2_block_matches_huggingface() {
     });
     fixture.assert_close(&reference, "output.", Tolerance::absolute(1e-5));
     fixture.assert_close(&reference, "grad.", Tolerance::absolute(1e-4));
+    assert_gradients_reach_every_parameter(&reference);
 }
 
 #[test]
@@ -259,4 +278,5 @@ fn bert_layer_matches_huggingface() {
     });
     fixture.assert_close(&reference, "output.", Tolerance::absolute(1e-5));
     fixture.assert_close(&reference, "grad.", Tolerance::absolute(1e-4));
+    assert_gradients_reach_every_parameter(&reference);
 }

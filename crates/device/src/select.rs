@@ -1,8 +1,10 @@
 //! Turning a backend name (or `LMFORGE_DEVICE`) into a burn [`Device`].
 
+#[cfg(feature = "wgpu")]
 use std::collections::HashMap;
 use std::fmt;
 use std::str::FromStr;
+#[cfg(feature = "wgpu")]
 use std::sync::{Mutex, OnceLock};
 
 use burn::tensor::Device;
@@ -305,6 +307,7 @@ pub fn select(backend: Backend) -> Result<SelectedDevice, DeviceError> {
 }
 
 /// wgpu runtimes can be initialised once per API; later requests reuse the first outcome.
+#[cfg(feature = "wgpu")]
 type WgpuCache = Mutex<HashMap<GraphicsApi, Result<(Device, String), String>>>;
 
 #[cfg(feature = "wgpu")]

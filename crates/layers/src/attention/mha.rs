@@ -156,9 +156,12 @@ pub struct AttentionOutput {
 /// optional attention probabilities and attention dropout.
 ///
 /// lmforge has its own attention rather than burn-nn's because it runs burn's fused attention
-/// op (`burn::tensor::module::attention`: a fused kernel on flex and GPU backends at inference)
-/// whenever neither probabilities nor dropout are needed, aligns the causal mask with a cache,
-/// and gives rows whose keys are all masked a zero context instead of NaN. The explicit path
+/// op (`burn::tensor::module::attention`) whenever neither probabilities nor dropout are
+/// needed: measured on flex (`cargo bench --bench layers`, causal, d_model 256, 4 heads,
+/// 16 x 128), inference runs at 49.7k tokens/s fused against 32.4k through the explicit
+/// `softmax(QKᵀ)V` path that burn-nn uses (1.5x). Under autodiff burn computes the fused op with
+/// the same separate ops, so training costs the same either way. It also aligns the causal
+/// mask with a cache, and gives rows whose keys are all masked a zero context instead of NaN. The explicit path
 /// (probabilities or dropout) computes the same numbers.
 #[derive(Module, Debug)]
 pub struct MultiHeadAttention {

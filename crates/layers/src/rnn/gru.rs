@@ -92,10 +92,8 @@ impl Gru {
     /// # Panics
     /// For a bidirectional GRU, or on the shape errors of [`Gru::forward`].
     pub fn step(&self, x: Tensor<2>, hidden: Option<Tensor<3>>) -> (Tensor<2>, Tensor<3>) {
-        self.stack.assert_steppable();
-        let [batch_size, d_input] = x.dims();
-        let (y, hidden) = self.forward(x.reshape([batch_size, 1, d_input]), hidden);
-        (y.reshape([batch_size, self.stack.d_output()]), hidden)
+        let (y, hidden, _) = self.stack.step(x, hidden, None);
+        (y, hidden)
     }
 
     /// Loads weights from a PyTorch `nn.GRU` state dict; see [`Lstm::load_pytorch`](super::Lstm::load_pytorch).

@@ -129,10 +129,10 @@ impl Lstm {
     /// For a bidirectional LSTM (the reverse direction needs the whole sequence), or on the
     /// shape errors of [`Lstm::forward`].
     pub fn step(&self, x: Tensor<2>, state: Option<LstmState>) -> (Tensor<2>, LstmState) {
-        self.stack.assert_steppable();
-        let [batch_size, d_input] = x.dims();
-        let (y, state) = self.forward(x.reshape([batch_size, 1, d_input]), state);
-        (y.reshape([batch_size, self.stack.d_output()]), state)
+        let (h0, c0) = state.map(|s| (s.hidden, s.cell)).unzip();
+        let (y, hidden, cell) = self.stack.step(x, h0, c0);
+        let cell = cell.expect("an LSTM returns a cell state");
+        (y, LstmState { hidden, cell })
     }
 
     /// Loads weights from a PyTorch `nn.LSTM` state dict (`weight_ih_l0`, `weight_hh_l0`,

@@ -390,13 +390,22 @@ impl RecurrentStack {
         (x, Tensor::stack(h_n, 0), c_n)
     }
 
-    /// Asserts the stack can run one step at a time (unidirectional).
-    pub(crate) fn assert_steppable(&self) {
+    /// One time step of a unidirectional stack: [`Self::run`] on a length-1 sequence, with
+    /// `x` `[batch_size, d_input]` and an output `[batch_size, d_hidden]`.
+    pub(crate) fn step(
+        &self,
+        x: Tensor<2>,
+        h0: Option<Tensor<3>>,
+        c0: Option<Tensor<3>>,
+    ) -> (Tensor<2>, Tensor<3>, Option<Tensor<3>>) {
         assert!(
             !self.bidirectional,
             "{}::step: a bidirectional layer cannot run one step at a time",
             self.cell.name()
         );
+        let [batch_size, d_input] = x.dims();
+        let (y, h_n, c_n) = self.run(x.reshape([batch_size, 1, d_input]), h0, c0);
+        (y.reshape([batch_size, self.d_hidden]), h_n, c_n)
     }
 
     /// Loads PyTorch state-dict entries; see [`load_pytorch`].

@@ -1,9 +1,12 @@
-//! LSTM throughput: a 2-layer LSTM (input 128, hidden 256) forward + backward on batch 16 x
-//! sequence 128, lmforge's [`Lstm`] against burn-nn's `Lstm` stacked twice, printing tokens/s.
-//! Run `benches/lstm_torch.py` in the same session for PyTorch's figure.
+//! Layer throughput, printing tokens/s:
+//! - a 2-layer LSTM (input 128, hidden 256) forward + backward on batch 16 x sequence 128,
+//!   lmforge's [`Lstm`] against burn-nn's `Lstm` stacked twice (run `benches/lstm_torch.py` in
+//!   the same session for PyTorch's figure);
+//! - multi-head self-attention inference (d_model 256, 4 heads, causal, batch 16 x 128) through
+//!   burn's fused attention op against the explicit softmax(QKᵀ)V path.
 //!
 //! ```sh
-//! cargo bench --bench lstm                    # default device (flex), or LMFORGE_DEVICE
+//! cargo bench --bench layers                  # default device (flex), or LMFORGE_DEVICE
 //! ```
 
 use std::time::Instant;
@@ -11,6 +14,7 @@ use std::time::Instant;
 use burn::nn::{Lstm as BurnLstm, LstmConfig as BurnLstmConfig};
 use burn::tensor::{Device, Tensor, TensorData};
 use lmforge::device::select_from_env;
+use lmforge::layers::attention::{AttentionInput, MultiHeadAttentionConfig};
 use lmforge::layers::rnn::{Lstm, LstmConfig};
 
 const D_INPUT: usize = 128;
@@ -34,7 +38,7 @@ fn measure(name: &str, device: &Device, mut step: impl FnMut()) {
     times.sort_by(f64::total_cmp);
     let median = times[REPEATS / 2];
     println!(
-        "{name} fwd+bwd: median {:.1} ms, best {:.1} ms, {:.0} tokens/s",
+        "{name}: median {:.1} ms, best {:.1} ms, {:.0} tokens/s",
         median * 1e3,
         times[0] * 1e3,
         (BATCH * SEQ) as f64 / median
@@ -44,6 +48,7 @@ fn measure(name: &str, device: &Device, mut step: impl FnMut()) {
 fn main() {
     let selected = select_from_env().expect("device");
     println!("device: {selected}; 2-layer LSTM {D_INPUT}->{D_HIDDEN}, batch {BATCH} x seq {SEQ}");
+    attention(&selected.device);
     let device = selected.device.autodiff();
     let values: Vec<f32> = (0..BATCH * SEQ * D_INPUT)
         .map(|i| ((i * 31 % 97) as f32 - 48.0) / 97.0)
@@ -55,7 +60,7 @@ fn main() {
         .with_n_layers(2)
         .init(&device)
         .expect("config");
-    measure("lmforge Lstm", &device, || {
+    measure("lmforge Lstm fwd+bwd", &device, || {
         let (y, state) = lstm.forward(x.clone(), None);
         let loss = y.powf_scalar(2.0).mean() + state.hidden.sum() + state.cell.sum();
         let grads = loss.backward();
@@ -66,11 +71,37 @@ fn main() {
         BurnLstmConfig::new(D_INPUT, D_HIDDEN, true).init(&device),
         BurnLstmConfig::new(D_HIDDEN, D_HIDDEN, true).init(&device),
     ];
-    measure("burn-nn Lstm x2", &device, || {
+    measure("burn-nn Lstm x2 fwd+bwd", &device, || {
         let (y1, s1) = burn_layers[0].forward(x.clone(), None);
         let (y2, s2) = burn_layers[1].forward(y1, None);
         let loss = y2.powf_scalar(2.0).mean() + s1.hidden.sum() + s2.hidden.sum();
         let grads = loss.backward();
         let _ = x.grad(&grads).map(|g| g.sum().into_scalar::<f32>());
+    });
+}
+
+/// Causal self-attention inference, fused op vs explicit path (asking for the probabilities
+/// forces the explicit path; the context is the same).
+fn attention(device: &Device) {
+    let (d_model, n_heads) = (256, 4);
+    let layer = MultiHeadAttentionConfig::new(d_model, n_heads)
+        .init(device)
+        .expect("config");
+    let values: Vec<f32> = (0..BATCH * SEQ * d_model)
+        .map(|i| ((i * 17 % 89) as f32 - 44.0) / 89.0)
+        .collect();
+    let x = Tensor::<3>::from_data(TensorData::new(values, [BATCH, SEQ, d_model]), device);
+    println!("attention d_model {d_model}, {n_heads} heads, causal, batch {BATCH} x seq {SEQ}:");
+    measure("  fused attention op (inference)", device, || {
+        let out = layer.forward(AttentionInput::self_attention(x.clone()).causal());
+        let _ = out.context.sum().into_scalar::<f32>();
+    });
+    measure("  explicit softmax(QK^T)V (inference)", device, || {
+        let out = layer.forward(
+            AttentionInput::self_attention(x.clone())
+                .causal()
+                .need_weights(),
+        );
+        let _ = out.context.sum().into_scalar::<f32>();
     });
 }
