@@ -8,7 +8,7 @@
 //!
 //! Which backends exist in a build is decided by this crate's cargo features, forwarded by the
 //! `lmforge` facade: `flex` (the default CPU backend), `ndarray`, `wgpu`, `cpu`, plus `fusion`
-//! and `autotune` for the GPU backends. With the `testing` feature, [`testing`] offers the
+//! and `autotune` for the GPU backends. With the `testing` feature, the `testing` module offers the
 //! backend-parity harness every lmforge crate's tests use.
 //!
 //! ```
