@@ -7,7 +7,7 @@
 //! ```
 //! Arguments name the backends to measure (default: every compiled one).
 
-use std::time::Instant;
+mod common;
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -18,24 +18,6 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use lmforge::device::{Backend, select};
 
 const REPEATS: usize = 15;
-
-/// Median and minimum seconds of `REPEATS` runs of `f`, after two warm-up runs.
-fn time(device: &Device, mut f: impl FnMut()) -> (f64, f64) {
-    for _ in 0..2 {
-        f();
-    }
-    device.sync().expect("device sync");
-    let mut seconds: Vec<f64> = (0..REPEATS)
-        .map(|_| {
-            let start = Instant::now();
-            f();
-            device.sync().expect("device sync");
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
-    seconds.sort_by(f64::total_cmp);
-    (seconds[REPEATS / 2], seconds[0])
-}
 
 fn matrix(n: usize, device: &Device) -> Tensor<2> {
     let values: Vec<f32> = (0..n * n)
@@ -96,7 +78,7 @@ fn bench(backend: Backend) {
     let device = selected.device.clone();
     for n in [256, 512, 1024] {
         let (a, b) = (matrix(n, &device), matrix(n, &device));
-        let (median, min) = time(&device, || {
+        let (median, min) = common::time(&device, REPEATS, || {
             let _ = a.clone().matmul(b.clone());
         });
         let flop = 2.0 * (n as f64).powi(3);
@@ -113,7 +95,7 @@ fn bench(backend: Backend) {
     let targets: Vec<i64> = (0..BATCH * SEQ).map(|i| (i * 7 % VOCAB) as i64).collect();
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [BATCH, SEQ]), &device);
     let targets = Tensor::<1, Int>::from_data(TensorData::new(targets, [BATCH * SEQ]), &device);
-    let (median, min) = time(&device, || {
+    let (median, min) = common::time(&device, REPEATS, || {
         let grads = model.loss(ids.clone(), targets.clone(), &device).backward();
         // Reading one gradient forces the whole backward pass on lazy backends.
         let _ = model

@@ -9,7 +9,7 @@
 //! cargo bench --bench layers                  # default device (flex), or LMFORGE_DEVICE
 //! ```
 
-use std::time::Instant;
+mod common;
 
 use burn::nn::{Lstm as BurnLstm, LstmConfig as BurnLstmConfig};
 use burn::tensor::{Device, Tensor, TensorData};
@@ -23,24 +23,12 @@ const BATCH: usize = 16;
 const SEQ: usize = 128;
 const REPEATS: usize = 10;
 
-fn measure(name: &str, device: &Device, mut step: impl FnMut()) {
-    for _ in 0..2 {
-        step();
-    }
-    let mut times: Vec<f64> = (0..REPEATS)
-        .map(|_| {
-            let start = Instant::now();
-            step();
-            device.sync().expect("device sync");
-            start.elapsed().as_secs_f64()
-        })
-        .collect();
-    times.sort_by(f64::total_cmp);
-    let median = times[REPEATS / 2];
+fn measure(name: &str, device: &Device, step: impl FnMut()) {
+    let (median, best) = common::time(device, REPEATS, step);
     println!(
         "{name}: median {:.1} ms, best {:.1} ms, {:.0} tokens/s",
         median * 1e3,
-        times[0] * 1e3,
+        best * 1e3,
         (BATCH * SEQ) as f64 / median
     );
 }

@@ -1,5 +1,5 @@
-"""PyTorch side of the LSTM case of `cargo bench --bench layers`: a 2-layer nn.LSTM (hidden 256, batch 16,
-sequence 128) forward + backward, printing tokens/s in the same format.
+"""PyTorch side of the LSTM case of `cargo bench --bench layers`: a 2-layer nn.LSTM
+(hidden 256, batch 16, sequence 128) forward + backward, printing tokens/s in the same format.
 
     python benches/lstm_torch.py [--threads 2] [--d-input 128]
 """
