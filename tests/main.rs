@@ -5,5 +5,7 @@
 
 mod attention_reference;
 mod block_reference;
+mod models;
+mod models_reference;
 mod parity;
 mod rnn_reference;

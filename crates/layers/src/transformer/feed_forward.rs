@@ -43,6 +43,25 @@ pub struct FeedForwardConfig {
     pub init_std: f64,
 }
 
+impl FeedForwardActivation {
+    /// Applies the activation element-wise (exact GELU keeps an exact gradient on every
+    /// backend, see [`FeedForward`]).
+    ///
+    /// # Panics
+    /// For [`FeedForwardActivation::SwiGlu`], which needs a gate projection: use
+    /// [`FeedForward`].
+    pub fn apply<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self {
+            FeedForwardActivation::Gelu => gelu_exact(x),
+            FeedForwardActivation::GeluTanh => gelu_approximate(x),
+            FeedForwardActivation::Relu => relu(x),
+            FeedForwardActivation::SwiGlu => {
+                panic!("SwiGLU needs a gate projection: use FeedForward")
+            }
+        }
+    }
+}
+
 impl FeedForwardConfig {
     /// Builds the block.
     ///
@@ -68,13 +87,7 @@ impl FeedForwardConfig {
 }
 
 /// A `Linear` with `N(0, std^2)` weights and zero bias (GPT-2 and BERT initialisation).
-pub(crate) fn normal_linear(
-    d_in: usize,
-    d_out: usize,
-    bias: bool,
-    std: f64,
-    device: &Device,
-) -> Linear {
+pub fn normal_linear(d_in: usize, d_out: usize, bias: bool, std: f64, device: &Device) -> Linear {
     let mut linear = LinearConfig::new(d_in, d_out)
         .with_bias(bias)
         .with_initializer(Initializer::Normal { mean: 0.0, std })

@@ -8,8 +8,7 @@ mod norm;
 pub use block::{
     BlockConfig, CrossAttention, DecoderBlock, DecoderBlockCache, EncoderBlock, Memory,
 };
-pub(crate) use feed_forward::normal_linear;
-pub use feed_forward::{FeedForward, FeedForwardActivation, FeedForwardConfig};
+pub use feed_forward::{FeedForward, FeedForwardActivation, FeedForwardConfig, normal_linear};
 pub use norm::{Norm, NormKind};
 
 #[cfg(test)]

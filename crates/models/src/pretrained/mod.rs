@@ -1,0 +1,74 @@
+//! HuggingFace checkpoints: import (`config.json` + `model.safetensors`) and export with
+//! HuggingFace's tensor names, and lmforge's own checkpoint format.
+//!
+//! Supported classes: GPT-2 (`GPT2LMHeadModel`, `GPT2Model`) into [`crate::gpt::Gpt`], and
+//! BERT (`BertModel`, `BertForMaskedLM`, `BertForPreTraining`,
+//! `BertForSequenceClassification`, `BertForTokenClassification`,
+//! `BertForQuestionAnswering`, names with or without the `bert.` prefix) into the types of
+//! [`crate::bert`]. Tied weights absent from the file (GPT-2's `lm_head`, BERT's MLM decoder)
+//! are taken from the embedding they are tied to. Half-precision files are widened to `f32`.
+//!
+//! Import is strict: every weight the model needs must be present with the shape its config
+//! implies, and every tensor in the file must be used (known buffers such as BERT's
+//! `position_ids` excepted), or a [`ModelError`] names the file, the tensor and both shapes.
+
+mod config;
+mod store;
+pub(crate) mod weights;
+
+use std::path::Path;
+
+use burn::tensor::Device;
+
+pub(crate) use config::HfConfig;
+pub use store::{load, save};
+pub(crate) use weights::{Exporter, Loader, Visitor, Weights};
+
+use crate::error::ModelError;
+
+/// File names inside a HuggingFace model folder.
+pub const CONFIG_FILE: &str = "config.json";
+/// The weights file inside a HuggingFace model folder.
+pub const WEIGHTS_FILE: &str = "model.safetensors";
+
+/// A model that reads and writes HuggingFace model folders.
+pub trait Pretrained: Sized {
+    /// Builds the model from `dir/config.json` and loads `dir/model.safetensors`.
+    ///
+    /// # Errors
+    /// [`ModelError::FileMissing`], [`ModelError::NotSafetensors`],
+    /// [`ModelError::ConfigField`], [`ModelError::MissingKey`],
+    /// [`ModelError::UnexpectedKeys`], [`ModelError::ShapeMismatch`] and the like.
+    fn from_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<Self, ModelError>;
+
+    /// Writes `dir/config.json` and `dir/model.safetensors` with HuggingFace's names and
+    /// layout (tied weights left out, as `save_pretrained` does), creating `dir` if needed.
+    ///
+    /// # Errors
+    /// [`ModelError::Io`] when a file cannot be written.
+    fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<(), ModelError>;
+}
+
+/// Reads `dir/config.json`.
+pub(crate) fn read_config(dir: &Path) -> Result<HfConfig, ModelError> {
+    HfConfig::read(&dir.join(CONFIG_FILE))
+}
+
+/// Reads `dir/model.safetensors` (LayerNorm `gamma`/`beta` renamed to `weight`/`bias`).
+pub(crate) fn read_weights(dir: &Path) -> Result<Weights, ModelError> {
+    let mut weights = Weights::read(&dir.join(WEIGHTS_FILE))?;
+    weights::rename_legacy_norms(&mut weights);
+    Ok(weights)
+}
+
+/// Writes a model folder.
+pub(crate) fn write(
+    dir: &Path,
+    config: serde_json::Value,
+    exporter: Exporter,
+) -> Result<(), ModelError> {
+    std::fs::create_dir_all(dir).map_err(|source| weights::io_error(dir, source))?;
+    let json = serde_json::to_vec_pretty(&config).expect("a JSON value serialises");
+    weights::write_atomic(&dir.join(CONFIG_FILE), &json)?;
+    weights::write_safetensors(&dir.join(WEIGHTS_FILE), &exporter.tensors)
+}
