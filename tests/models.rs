@@ -10,8 +10,8 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use lmforge::models::ModelError;
 use lmforge::models::Pretrained;
 use lmforge::models::bert::{
-    BertConfig, BertForMaskedLm, BertForPreTraining, BertForQuestionAnswering,
-    BertForSequenceClassification, BertForTokenClassification, BertInput,
+    BertConfig, BertForMaskedLm, BertForNextSentencePrediction, BertForPreTraining,
+    BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification, BertInput,
 };
 use lmforge::models::gpt::{Gpt, GptCache, GptConfig};
 use lmforge::models::lstm_lm::LstmLmConfig;
@@ -334,6 +334,14 @@ fn huggingface_export_then_import_round_trips() {
             pre.forward(input()).nsp_logits,
             back.forward(input()).nsp_logits
         ),
+        0.0
+    );
+
+    let nsp = config.init_next_sentence_prediction(device).unwrap();
+    nsp.save_pretrained(dir.join("nsp")).unwrap();
+    let back = BertForNextSentencePrediction::from_pretrained(dir.join("nsp"), device).unwrap();
+    assert_eq!(
+        max_diff(nsp.forward(input()).logits, back.forward(input()).logits),
         0.0
     );
 

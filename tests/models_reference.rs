@@ -9,8 +9,9 @@ use burn::module::Module;
 use burn::tensor::{Bool, Device, Int, Tensor};
 use lmforge::models::Pretrained;
 use lmforge::models::bert::{
-    Bert, BertForMaskedLm, BertForPreTraining, BertForQuestionAnswering,
-    BertForSequenceClassification, BertForTokenClassification, BertInput, BertOutput,
+    Bert, BertForMaskedLm, BertForNextSentencePrediction, BertForPreTraining,
+    BertForQuestionAnswering, BertForSequenceClassification, BertForTokenClassification, BertInput,
+    BertOutput,
 };
 use lmforge::models::gpt::Gpt;
 use lmforge_device::testing::{
@@ -117,6 +118,14 @@ fn bert_for_pretraining_matches_huggingface() {
         record_encoder(Outputs::new(), out.encoder)
             .float("output.prediction_logits", out.mlm_logits)
             .float("output.seq_relationship_logits", out.nsp_logits)
+    });
+}
+
+#[test]
+fn bert_for_next_sentence_prediction_matches_huggingface() {
+    check::<BertForNextSentencePrediction>("bert_next_sentence", |model, fixture, device| {
+        let out = model.forward(bert_input(fixture, device));
+        record_encoder(Outputs::new(), out.encoder).float("output.logits", out.logits)
     });
 }
 

@@ -148,6 +148,44 @@ impl BertForPreTraining {
     }
 }
 
+/// BERT with the next-sentence-prediction head alone
+/// (HuggingFace `BertForNextSentencePrediction`).
+#[derive(Module, Debug)]
+pub struct BertForNextSentencePrediction {
+    /// The encoder (with pooler).
+    pub bert: Bert,
+    /// Next-sentence classifier over the pooled output, `d_model -> 2`
+    /// (`cls.seq_relationship`; class 0 = "is next").
+    pub nsp: Linear,
+}
+
+impl BertForNextSentencePrediction {
+    /// Attaches a new head to an encoder (which needs a pooler).
+    ///
+    /// # Errors
+    /// [`ModelError::InvalidConfig`] when the encoder has no pooler.
+    pub fn from_encoder(bert: Bert, device: &Device) -> Result<Self, ModelError> {
+        check(
+            bert.pooler.is_some(),
+            "BertForNextSentencePrediction",
+            || "next-sentence prediction needs an encoder with a pooler".into(),
+        )?;
+        let nsp = bert.config().linear(2, device);
+        Ok(Self { bert, nsp })
+    }
+
+    /// # Shapes
+    /// See [`BertInput`]; `logits`: `[batch_size, 2]`.
+    pub fn forward(&self, input: BertInput) -> ClassificationOutput<2> {
+        let encoder = self.bert.forward(input);
+        let pooled = encoder.pooled.clone().expect("checked at construction");
+        ClassificationOutput {
+            logits: self.nsp.forward(pooled),
+            encoder,
+        }
+    }
+}
+
 /// BERT with a classifier over the pooled output
 /// (HuggingFace `BertForSequenceClassification`).
 #[derive(Module, Debug)]
@@ -312,6 +350,17 @@ impl BertConfig {
     /// As [`BertConfig::init`].
     pub fn init_pretraining(&self, device: &Device) -> Result<BertForPreTraining, ModelError> {
         BertForPreTraining::from_encoder(self.init(device)?, device)
+    }
+
+    /// Builds a [`BertForNextSentencePrediction`].
+    ///
+    /// # Errors
+    /// As [`BertConfig::init`].
+    pub fn init_next_sentence_prediction(
+        &self,
+        device: &Device,
+    ) -> Result<BertForNextSentencePrediction, ModelError> {
+        BertForNextSentencePrediction::from_encoder(self.init(device)?, device)
     }
 
     /// Builds a [`BertForSequenceClassification`] with `n_labels` classes.

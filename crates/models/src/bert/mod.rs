@@ -24,8 +24,8 @@ mod model;
 mod pretrained;
 
 pub use heads::{
-    BertForMaskedLm, BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification,
-    BertForTokenClassification, ClassificationOutput, MaskedLmHead, MaskedLmOutput,
-    PreTrainingOutput, QuestionAnsweringOutput,
+    BertForMaskedLm, BertForNextSentencePrediction, BertForPreTraining, BertForQuestionAnswering,
+    BertForSequenceClassification, BertForTokenClassification, ClassificationOutput, MaskedLmHead,
+    MaskedLmOutput, PreTrainingOutput, QuestionAnsweringOutput,
 };
 pub use model::{Bert, BertConfig, BertEmbeddings, BertInput, BertOutput};

@@ -7,8 +7,8 @@ use lmforge_layers::transformer::FeedForwardActivation;
 use serde_json::{Value, json};
 
 use super::heads::{
-    BertForMaskedLm, BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification,
-    BertForTokenClassification, MaskedLmHead,
+    BertForMaskedLm, BertForNextSentencePrediction, BertForPreTraining, BertForQuestionAnswering,
+    BertForSequenceClassification, BertForTokenClassification, MaskedLmHead,
 };
 use super::model::{Bert, BertConfig};
 use crate::error::ModelError;
@@ -312,6 +312,35 @@ impl Pretrained for BertForPreTraining {
             let mut model = self.clone();
             visit_bert(&mut model.bert, e, "bert.")?;
             visit_mlm(&mut model.mlm, e)?;
+            linear(e, "cls.seq_relationship", &mut model.nsp, true)
+        })
+    }
+}
+
+impl Pretrained for BertForNextSentencePrediction {
+    /// Loads a `BertForNextSentencePrediction` folder.
+    fn from_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<Self, ModelError> {
+        load(dir.as_ref(), device, Some(true), |bert, _, weights| {
+            let mut model = BertForNextSentencePrediction::from_encoder(bert, device)?;
+            linear(
+                &mut Loader { weights },
+                "cls.seq_relationship",
+                &mut model.nsp,
+                true,
+            )?;
+            weights.finish()?;
+            Ok(model)
+        })
+    }
+
+    fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<(), ModelError> {
+        let config = self
+            .bert
+            .config()
+            .to_hf_config("BertForNextSentencePrediction", None);
+        save(dir.as_ref(), config, |e| {
+            let mut model = self.clone();
+            visit_bert(&mut model.bert, e, "bert.")?;
             linear(e, "cls.seq_relationship", &mut model.nsp, true)
         })
     }

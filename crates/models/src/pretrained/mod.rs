@@ -2,7 +2,7 @@
 //! HuggingFace's tensor names, and lmforge's own checkpoint format.
 //!
 //! Supported classes: GPT-2 (`GPT2LMHeadModel`, `GPT2Model`) into [`crate::gpt::Gpt`], and
-//! BERT (`BertModel`, `BertForMaskedLM`, `BertForPreTraining`,
+//! BERT (`BertModel`, `BertForMaskedLM`, `BertForPreTraining`, `BertForNextSentencePrediction`,
 //! `BertForSequenceClassification`, `BertForTokenClassification`,
 //! `BertForQuestionAnswering`, names with or without the `bert.` prefix) into the types of
 //! [`crate::bert`]. Tied weights absent from the file (GPT-2's `lm_head`, BERT's MLM decoder)
