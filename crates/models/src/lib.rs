@@ -7,6 +7,7 @@
 //! - [`bert`]: [`Bert`](bert::Bert) and its task models: masked LM, pre-training (MLM + NSP),
 //!   sequence classification, token classification, question answering.
 //! - [`seq2seq`]: [`Seq2Seq`](seq2seq::Seq2Seq), the encoder-decoder Transformer.
+//! - [`generate`]: greedy and sampled generation with streaming over any [`generate::Decoder`].
 //! - [`pretrained`]: [`Pretrained`] (`from_pretrained`/`save_pretrained` for HuggingFace
 //!   folders of GPT-2 and BERT) and [`pretrained::save`]/[`pretrained::load`] for lmforge's
 //!   own checkpoint format.
@@ -35,6 +36,7 @@
 
 pub mod bert;
 mod error;
+pub mod generate;
 pub mod gpt;
 pub mod lstm_lm;
 pub mod pretrained;

@@ -1,0 +1,292 @@
+//! Text generation: greedy tokens equal HuggingFace `generate()` on an imported GPT-2, cached
+//! generation equals recomputing every prefix, sampled frequencies follow the renormalised
+//! top-k / top-p distribution, batches equal their rows alone, end-of-sequence handling, and
+//! typed errors for bad requests.
+
+use std::path::PathBuf;
+
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use lmforge::models::Pretrained;
+use lmforge::models::generate::logits::sampling_distribution;
+use lmforge::models::generate::{Decoder, GenerationConfig, GenerationError, generate};
+use lmforge::models::gpt::{Gpt, GptConfig};
+use lmforge::models::lstm_lm::LstmLmConfig;
+use lmforge_device::testing::{Fixture, reference_device, test_devices};
+
+fn ints(data: TensorData) -> Vec<u32> {
+    data.iter::<i64>().map(|v| v as u32).collect()
+}
+
+fn gpt2_fixture() -> (Gpt, Fixture) {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/gpt2_lm");
+    let gpt = Gpt::from_pretrained(&dir, reference_device()).unwrap();
+    (gpt, Fixture::load(dir.join("generate.safetensors")))
+}
+
+/// Greedy decoding of an imported GPT-2 gives HuggingFace's tokens, plain and with a
+/// repetition penalty of 1.3, on every enabled device.
+#[test]
+fn greedy_tokens_equal_huggingface_generate() {
+    let (gpt, fixture) = gpt2_fixture();
+    let prompt = ints(fixture.get("input.prompt"));
+    for selected in test_devices() {
+        let device = &selected.device;
+        let gpt = gpt.clone().fork(device);
+        for (penalty, key) in [(1.0, "output.greedy"), (1.3, "output.greedy_penalty_1.3")] {
+            let config = GenerationConfig::new()
+                .with_max_new_tokens(12)
+                .with_repetition_penalty(penalty);
+            let out = generate(
+                &gpt,
+                std::slice::from_ref(&prompt),
+                &config,
+                device,
+                |_, _| {},
+            )
+            .unwrap();
+            assert_eq!(out[0], ints(fixture.get(key)), "{selected}: {key}");
+        }
+    }
+}
+
+/// Generating with the KV cache gives the same tokens as recomputing the whole prefix and
+/// taking the argmax of its last position at every step.
+#[test]
+fn cached_greedy_generation_equals_full_recompute() {
+    let device = reference_device();
+    device.seed(11);
+    let gpt = GptConfig::tiny(31).with_init_std(0.2).init(device).unwrap();
+    let prompt = vec![3u32, 1, 4, 1, 5];
+    let config = GenerationConfig::new().with_max_new_tokens(20);
+    let cached = generate(
+        &gpt,
+        std::slice::from_ref(&prompt),
+        &config,
+        device,
+        |_, _| {},
+    )
+    .unwrap();
+    let mut sequence = prompt;
+    for _ in 0..20 {
+        let ids: Vec<i64> = sequence.iter().map(|&t| t as i64).collect();
+        let n = ids.len();
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), device);
+        let logits = gpt.forward(tokens, None).slice([0..1, n - 1..n]);
+        sequence.push(ints(logits.argmax(2).into_data())[0]);
+    }
+    assert_eq!(cached[0], sequence[5..]);
+    assert!(
+        cached[0]
+            .iter()
+            .collect::<std::collections::HashSet<_>>()
+            .len()
+            > 1,
+        "a constant sequence would make this test weak"
+    );
+}
+
+/// The first sampled token over many seeds: every draw lies in the kept set, and the
+/// frequencies match the renormalised distribution (Pearson chi-square below the 0.999
+/// quantile for the degrees of freedom).
+#[test]
+fn sampled_frequencies_follow_top_k_and_top_p() {
+    let device = reference_device();
+    device.seed(12);
+    let gpt = GptConfig::tiny(12).init(device).unwrap();
+    let prompt = vec![1u32, 2, 3];
+    let (logits, _) = gpt.prefill(Tensor::from_data(
+        TensorData::new(vec![1i64, 2, 3], [1, 3]),
+        device,
+    ));
+    let logits: Vec<f32> = logits.into_data().iter::<f32>().collect();
+    let draws = 4000;
+    for (top_k, top_p) in [(Some(4), None), (None, Some(0.7)), (Some(6), Some(0.9))] {
+        let expected = sampling_distribution(&logits, 0.8, top_k, top_p);
+        let kept = expected.iter().filter(|p| **p > 0.0).count();
+        assert!((2..12).contains(&kept), "kept {kept}: a weak case");
+        let mut counts = [0usize; 12];
+        for seed in 0..draws {
+            let config = GenerationConfig::new()
+                .with_max_new_tokens(1)
+                .with_do_sample(true)
+                .with_temperature(0.8)
+                .with_top_k(top_k)
+                .with_top_p(top_p.map(f64::from))
+                .with_seed(seed);
+            let out = generate(
+                &gpt,
+                std::slice::from_ref(&prompt),
+                &config,
+                device,
+                |_, _| {},
+            )
+            .unwrap();
+            counts[out[0][0] as usize] += 1;
+        }
+        let mut chi2 = 0.0;
+        for (count, p) in counts.iter().zip(&expected) {
+            if *p == 0.0 {
+                assert_eq!(*count, 0, "a token outside the kept set was drawn");
+            } else {
+                let e = f64::from(*p) * draws as f64;
+                chi2 += (*count as f64 - e).powi(2) / e;
+            }
+        }
+        // 0.999 quantiles of chi-square with 1..=10 degrees of freedom.
+        let quantile = [
+            10.83, 13.82, 16.27, 18.47, 20.52, 22.46, 24.32, 26.12, 27.88, 29.59,
+        ];
+        assert!(
+            chi2 < quantile[kept - 2],
+            "top_k {top_k:?} top_p {top_p:?}: chi2 {chi2}"
+        );
+    }
+}
+
+fn batch_equals_rows(model: &impl Decoder, config: &GenerationConfig, device: &Device) {
+    let prompts = vec![vec![1u32, 2, 3], vec![7, 7, 2], vec![0, 5, 9]];
+    let batched = generate(model, &prompts, config, device, |_, _| {}).unwrap();
+    for (r, prompt) in prompts.iter().enumerate() {
+        let alone = config.clone().with_seed(config.seed + r as u64);
+        let single = generate(
+            model,
+            std::slice::from_ref(prompt),
+            &alone,
+            device,
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(batched[r], single[0], "row {r}");
+    }
+}
+
+#[test]
+fn batched_generation_equals_each_row_alone() {
+    let device = reference_device();
+    device.seed(13);
+    let gpt = GptConfig::tiny(17).with_init_std(0.2).init(device).unwrap();
+    let greedy = GenerationConfig::new().with_max_new_tokens(8);
+    batch_equals_rows(&gpt, &greedy, device);
+    batch_equals_rows(
+        &gpt,
+        &greedy
+            .clone()
+            .with_do_sample(true)
+            .with_top_p(Some(0.9))
+            .with_seed(5),
+        device,
+    );
+    let lstm = LstmLmConfig::new(17)
+        .with_d_embedding(8)
+        .with_d_hidden(16)
+        .with_init_range(1.0)
+        .with_dropout(0.0)
+        .init(device)
+        .unwrap()
+        .valid();
+    batch_equals_rows(&lstm, &greedy, device);
+}
+
+/// A row stops at its end-of-sequence id while the others go on; `min_new_tokens`
+/// suppresses the id; tokens are streamed in order.
+#[test]
+fn end_of_sequence_minimum_length_and_streaming() {
+    let device = reference_device();
+    device.seed(14);
+    let gpt = GptConfig::tiny(17).with_init_std(0.2).init(device).unwrap();
+    let prompts = vec![vec![1u32, 2, 3], vec![4, 5, 6]];
+    let free = generate(
+        &gpt,
+        &prompts,
+        &GenerationConfig::new().with_max_new_tokens(6),
+        device,
+        |_, _| {},
+    )
+    .unwrap();
+    // An id row 0 produces after its first token and row 1 never produces.
+    let (stop, eos) = free[0]
+        .iter()
+        .copied()
+        .enumerate()
+        .skip(1)
+        .find(|(_, t)| !free[1].contains(t))
+        .expect("rows share every token: pick other prompts");
+    let config = GenerationConfig::new()
+        .with_max_new_tokens(6)
+        .with_eos_token_ids(vec![eos]);
+    let mut streamed = vec![Vec::new(); 2];
+    let out = generate(&gpt, &prompts, &config, device, |r, t| streamed[r].push(t)).unwrap();
+    let first = free[0].iter().position(|&t| t == eos).unwrap();
+    assert!(first <= stop);
+    assert_eq!(out[0], free[0][..=first]);
+    assert_eq!(out[1], free[1]);
+    assert_eq!(out, streamed);
+    let suppressed = generate(
+        &gpt,
+        &prompts,
+        &config.clone().with_min_new_tokens(6),
+        device,
+        |_, _| {},
+    )
+    .unwrap();
+    assert_eq!(suppressed[0].len(), 6);
+    assert!(!suppressed[0].contains(&eos));
+}
+
+#[test]
+fn bad_requests_are_typed_errors() {
+    let device = reference_device();
+    let gpt = GptConfig::tiny(17)
+        .with_max_seq_length(10)
+        .init(device)
+        .unwrap();
+    let run = |prompts: &[Vec<u32>], config: GenerationConfig| {
+        generate(&gpt, prompts, &config, device, |_, _| {}).unwrap_err()
+    };
+    let sample = GenerationConfig::new()
+        .with_do_sample(true)
+        .with_max_new_tokens(2);
+    let p = [vec![1u32, 2]];
+    for (config, needle) in [
+        (sample.clone().with_temperature(0.0), "temperature"),
+        (sample.clone().with_top_p(Some(0.0)), "top_p"),
+        (sample.clone().with_top_p(Some(1.5)), "top_p"),
+        (sample.clone().with_top_k(Some(0)), "top_k"),
+        (
+            sample.clone().with_repetition_penalty(0.0),
+            "repetition_penalty",
+        ),
+    ] {
+        let err = run(&p, config);
+        assert!(
+            matches!(&err, GenerationError::InvalidConfig(m) if m.contains(needle)),
+            "{err}"
+        );
+    }
+    assert_eq!(run(&[vec![]], sample.clone()), GenerationError::EmptyPrompt);
+    assert_eq!(run(&[], sample.clone()), GenerationError::EmptyPrompt);
+    assert_eq!(
+        run(&[vec![1, 2], vec![3]], sample.clone()),
+        GenerationError::RaggedPrompts(vec![2, 1])
+    );
+    assert_eq!(
+        run(&[vec![1, 17]], sample.clone()),
+        GenerationError::TokenOutOfRange {
+            token: 17,
+            vocab_size: 17
+        }
+    );
+    let err = run(&[vec![1; 8]], sample.with_max_new_tokens(4));
+    assert!(
+        matches!(
+            err,
+            GenerationError::PromptTooLong {
+                prompt: 8,
+                max_new_tokens: 4,
+                max_seq_length: 10
+            }
+        ),
+        "{err}"
+    );
+}
