@@ -19,7 +19,7 @@ fn ints(data: TensorData) -> Vec<u32> {
 }
 
 fn gpt2_fixture() -> (Gpt, Fixture) {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/gpt2_lm");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/gpt2_generate");
     let gpt = Gpt::from_pretrained(&dir, reference_device()).unwrap();
     (gpt, Fixture::load(dir.join("generate.safetensors")))
 }
