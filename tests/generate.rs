@@ -9,7 +9,9 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use lmforge::models::Pretrained;
 use lmforge::models::generate::logits::sampling_distribution;
-use lmforge::models::generate::{Decoder, GenerationConfig, GenerationError, generate};
+use lmforge::models::generate::{
+    BeamConfig, Decoder, GenerationConfig, GenerationError, beam_search, generate,
+};
 use lmforge::models::gpt::{Gpt, GptConfig};
 use lmforge::models::lstm_lm::LstmLmConfig;
 use lmforge_device::testing::{Fixture, reference_device, test_devices};
@@ -47,6 +49,36 @@ fn greedy_tokens_equal_huggingface_generate() {
             .unwrap();
             assert_eq!(out[0], ints(fixture.get(key)), "{selected}: {key}");
         }
+    }
+}
+
+/// Beam search with 4 beams gives HuggingFace's tokens (on a prompt where it disagrees with
+/// greedy decoding), on every enabled device.
+#[test]
+fn beam_search_equals_huggingface_generate() {
+    let (gpt, fixture) = gpt2_fixture();
+    let prompt = ints(fixture.get("input.beam_prompt"));
+    let expected = ints(fixture.get("output.beam4"));
+    for selected in test_devices() {
+        let device = &selected.device;
+        let gpt = gpt.clone().fork(device);
+        let config = GenerationConfig::new()
+            .with_max_new_tokens(12)
+            .with_eos_token_ids(vec![49]);
+        let out = beam_search(&gpt, &prompt, &config, &BeamConfig::new(4), device).unwrap();
+        assert_eq!(out, expected, "{selected}");
+        let greedy = generate(
+            &gpt,
+            std::slice::from_ref(&prompt),
+            &config,
+            device,
+            |_, _| {},
+        )
+        .unwrap();
+        assert_ne!(
+            greedy[0], expected,
+            "{selected}: beam search should differ from greedy here"
+        );
     }
 }
 

@@ -29,6 +29,22 @@ pub trait Decoder {
 
     /// Feeds one more token per row.
     fn step(&self, tokens: Tensor<2, Int>, state: &mut Self::State) -> Tensor<2>;
+
+    /// Rearranges the batch rows of `state`: row `i` becomes a copy of row `rows[i]` (beam
+    /// search continues the best beams).
+    fn reorder(&self, state: &mut Self::State, rows: &[usize]);
+}
+
+fn index(rows: &[usize], device: &burn::tensor::Device) -> Tensor<1, Int> {
+    let rows: Vec<i64> = rows.iter().map(|&r| r as i64).collect();
+    let n = rows.len();
+    Tensor::from_data(burn::tensor::TensorData::new(rows, [n]), device)
+}
+
+fn reorder_kv(cache: &mut lmforge_layers::attention::KvCache, rows: &[usize]) {
+    for t in [&mut cache.key, &mut cache.value].into_iter().flatten() {
+        *t = t.clone().select(0, index(rows, &t.device()));
+    }
 }
 
 /// Logits of the last position.
@@ -59,6 +75,13 @@ impl Decoder for Gpt {
     fn step(&self, tokens: Tensor<2, Int>, cache: &mut GptCache) -> Tensor<2> {
         last(self.forward_cached(tokens, None, cache))
     }
+
+    fn reorder(&self, cache: &mut GptCache, rows: &[usize]) {
+        for block in &mut cache.blocks {
+            reorder_kv(&mut block.self_attention, rows);
+            reorder_kv(&mut block.cross_attention, rows);
+        }
+    }
 }
 
 impl Decoder for LstmLm {
@@ -81,5 +104,11 @@ impl Decoder for LstmLm {
         let (logits, next) = self.forward(tokens, Some(state.clone()));
         *state = next;
         last(logits)
+    }
+
+    fn reorder(&self, state: &mut LstmState, rows: &[usize]) {
+        let rows = index(rows, &state.hidden.device());
+        state.hidden = state.hidden.clone().select(1, rows.clone());
+        state.cell = state.cell.clone().select(1, rows);
     }
 }

@@ -21,9 +21,12 @@
 //! # }
 //! ```
 //!
-//! Not yet here: beam search, stop strings, and batches of prompts of different lengths
-//! (left padding); the sampling arithmetic runs on the host over `f32` rows.
+//! [`beam_search`] decodes one prompt with HuggingFace's beam search.
+//!
+//! Not yet here: stop strings, batched beam search, and batches of prompts of different
+//! lengths (left padding); the sampling arithmetic runs on the host over `f32` rows.
 
+mod beam;
 mod decoder;
 pub mod logits;
 
@@ -32,6 +35,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
+pub use beam::{BeamConfig, beam_search};
 pub use decoder::Decoder;
 
 /// How to generate. Defaults: greedy, 32 new tokens, no end-of-sequence id.
