@@ -3,8 +3,11 @@
 use burn::tensor::{Int, Tensor};
 use lmforge_layers::rnn::LstmState;
 
+use lmforge_layers::transformer::Memory;
+
 use crate::gpt::{Gpt, GptCache};
 use crate::lstm_lm::LstmLm;
+use crate::seq2seq::{Seq2Seq, Seq2SeqCache};
 
 /// An autoregressive model that [`super::generate`] can drive: it reads a prompt once, then
 /// one token per row at a time, carrying whatever it needs (a KV cache, a recurrent state)
@@ -110,5 +113,83 @@ impl Decoder for LstmLm {
         let rows = index(rows, &state.hidden.device());
         state.hidden = state.hidden.clone().select(1, rows.clone());
         state.cell = state.cell.clone().select(1, rows);
+    }
+}
+
+/// A [`Seq2Seq`] with an encoded source, ready to be driven by generation: the prompt is the
+/// decoder's start (e.g. a begin-of-sequence id per row).
+///
+/// A source of batch 1 is repeated for every row of the prompt (beam search, or several
+/// samples of one source); otherwise the batch sizes must agree.
+#[derive(Clone, Debug)]
+pub struct Seq2SeqDecoder<'a> {
+    /// The model.
+    pub model: &'a Seq2Seq,
+    /// The encoder output (from [`Seq2Seq::encode`]).
+    pub memory: Memory,
+}
+
+impl Seq2Seq {
+    /// Encodes `src` once and returns a [`Decoder`] over this source.
+    ///
+    /// # Shapes
+    /// - `src`: `[batch_size, src_length]`; `src_mask_pad` the same, `true` = padding
+    pub fn decoder(
+        &self,
+        src: Tensor<2, Int>,
+        src_mask_pad: Option<Tensor<2, burn::tensor::Bool>>,
+    ) -> Seq2SeqDecoder<'_> {
+        Seq2SeqDecoder {
+            model: self,
+            memory: self.encode(src, src_mask_pad),
+        }
+    }
+}
+
+impl Decoder for Seq2SeqDecoder<'_> {
+    /// Decoder caches and the memory, whose rows follow the batch's.
+    type State = (Seq2SeqCache, Memory);
+
+    fn vocab_size(&self) -> usize {
+        self.model.config().tgt_vocab_size()
+    }
+
+    fn max_seq_length(&self) -> Option<usize> {
+        Some(self.model.config().max_seq_length)
+    }
+
+    fn prefill(&self, tokens: Tensor<2, Int>) -> (Tensor<2>, Self::State) {
+        let rows = tokens.dims()[0];
+        let mut memory = self.memory.clone();
+        let sources = memory.memory.dims()[0];
+        if sources == 1 && rows > 1 {
+            memory.memory = memory.memory.repeat_dim(0, rows);
+            memory.mask_pad = memory.mask_pad.map(|m| m.repeat_dim(0, rows));
+        }
+        assert_eq!(
+            memory.memory.dims()[0],
+            rows,
+            "Seq2SeqDecoder: {rows} prompt rows for {sources} encoded sources"
+        );
+        let mut cache = Seq2SeqCache::default();
+        let logits = self.model.decode_cached(tokens, None, &memory, &mut cache);
+        (last(logits), (cache, memory))
+    }
+
+    fn step(&self, tokens: Tensor<2, Int>, (cache, memory): &mut Self::State) -> Tensor<2> {
+        last(self.model.decode_cached(tokens, None, memory, cache))
+    }
+
+    fn reorder(&self, (cache, memory): &mut Self::State, rows: &[usize]) {
+        for block in &mut cache.blocks {
+            reorder_kv(&mut block.self_attention, rows);
+            reorder_kv(&mut block.cross_attention, rows);
+        }
+        let device = memory.memory.device();
+        memory.memory = memory.memory.clone().select(0, index(rows, &device));
+        memory.mask_pad = memory
+            .mask_pad
+            .take()
+            .map(|m| m.select(0, index(rows, &device)));
     }
 }

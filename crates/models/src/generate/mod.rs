@@ -3,7 +3,9 @@
 //! minimum/maximum new tokens, end-of-sequence ids, seeded randomness and streaming.
 //!
 //! Any model that implements [`Decoder`] can be driven: [`crate::gpt::Gpt`] (with its KV
-//! cache), [`crate::lstm_lm::LstmLm`] (with its carried state), and users' own models.
+//! cache), [`crate::lstm_lm::LstmLm`] (with its carried state), a
+//! [`crate::seq2seq::Seq2Seq`] through [`Seq2SeqDecoder`] (cached self- and
+//! cross-attention), and users' own models.
 //!
 //! ```
 //! use lmforge_models::generate::{GenerationConfig, generate};
@@ -36,7 +38,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 
 pub use beam::{BeamConfig, beam_search};
-pub use decoder::Decoder;
+pub use decoder::{Decoder, Seq2SeqDecoder};
 
 /// How to generate. Defaults: greedy, 32 new tokens, no end-of-sequence id.
 #[derive(Config, Debug, PartialEq)]
