@@ -221,50 +221,41 @@ fn batched_generation_equals_each_row_alone() {
     batch_equals_rows(&lstm, &greedy, device);
 }
 
-/// A row stops at its end-of-sequence id while the others go on; `min_new_tokens`
-/// suppresses the id; tokens are streamed in order.
+/// A row stops at its end-of-sequence id while the other goes on; `min_new_tokens`
+/// suppresses the id; tokens are streamed in order. (The fixture checkpoint keeps the
+/// weights, and so the rows, fixed.)
 #[test]
 fn end_of_sequence_minimum_length_and_streaming() {
     let device = reference_device();
-    device.seed(14);
-    let gpt = GptConfig::tiny(17).with_init_std(0.2).init(device).unwrap();
-    let prompts = vec![vec![1u32, 2, 3], vec![4, 5, 6]];
-    let free = generate(
-        &gpt,
-        &prompts,
-        &GenerationConfig::new().with_max_new_tokens(6),
-        device,
-        |_, _| {},
-    )
-    .unwrap();
-    // An id row 0 produces after its first token and row 1 never produces.
-    let (stop, eos) = free[0]
+    let (gpt, _) = gpt2_fixture();
+    let prompts = vec![vec![3u32, 14, 15, 9, 26], vec![4, 4, 44, 11, 23]];
+    let free_config = GenerationConfig::new().with_max_new_tokens(8);
+    let free = generate(&gpt, &prompts, &free_config, device, |_, _| {}).unwrap();
+    let first = |row: &[u32], t: u32| row.iter().position(|&x| x == t);
+    // An id both rows produce, first at different steps: one row stops before the other.
+    let eos = free[0]
         .iter()
         .copied()
-        .enumerate()
-        .skip(1)
-        .find(|(_, t)| !free[1].contains(t))
-        .expect("rows share every token: pick other prompts");
-    let config = GenerationConfig::new()
-        .with_max_new_tokens(6)
-        .with_eos_token_ids(vec![eos]);
+        .find(|&t| first(&free[1], t).is_some_and(|p| Some(p) != first(&free[0], t)))
+        .expect("the fixture rows share an id at different steps");
+    let config = free_config.clone().with_eos_token_ids(vec![eos]);
     let mut streamed = vec![Vec::new(); 2];
     let out = generate(&gpt, &prompts, &config, device, |r, t| streamed[r].push(t)).unwrap();
-    let first = free[0].iter().position(|&t| t == eos).unwrap();
-    assert!(first <= stop);
-    assert_eq!(out[0], free[0][..=first]);
-    assert_eq!(out[1], free[1]);
+    for r in 0..2 {
+        let stop = first(&free[r], eos).unwrap();
+        assert_eq!(out[r], free[r][..=stop], "row {r}");
+    }
+    assert_ne!(out[0].len(), out[1].len());
     assert_eq!(out, streamed);
-    let suppressed = generate(
-        &gpt,
-        &prompts,
-        &config.clone().with_min_new_tokens(6),
-        device,
-        |_, _| {},
-    )
-    .unwrap();
-    assert_eq!(suppressed[0].len(), 6);
-    assert!(!suppressed[0].contains(&eos));
+    let suppressed = config.with_min_new_tokens(8);
+    let out = generate(&gpt, &prompts, &suppressed, device, |_, _| {}).unwrap();
+    for row in out {
+        assert_eq!(row.len(), 8);
+        assert!(
+            !row.contains(&eos),
+            "{row:?} contains the suppressed id {eos}"
+        );
+    }
 }
 
 #[test]
@@ -299,8 +290,9 @@ fn bad_requests_are_typed_errors() {
     }
     assert_eq!(run(&[vec![]], sample.clone()), GenerationError::EmptyPrompt);
     assert_eq!(run(&[], sample.clone()), GenerationError::EmptyPrompt);
+    let lstm = LstmLmConfig::new(17).init(device).unwrap();
     assert_eq!(
-        run(&[vec![1, 2], vec![3]], sample.clone()),
+        generate(&lstm, &[vec![1, 2], vec![3]], &sample, device, |_, _| {}).unwrap_err(),
         GenerationError::RaggedPrompts(vec![2, 1])
     );
     assert_eq!(
@@ -354,4 +346,34 @@ fn seq2seq_generation_equals_full_decode() {
     assert_eq!(out[0], sequence[1..]);
     let beams = beam_search(&decoder, &[1], &config, &BeamConfig::new(3), device).unwrap();
     assert_eq!(beams.len(), 10);
+}
+
+/// Prompts of different lengths are left-padded: every row gives exactly what it gives
+/// alone, greedy and sampled.
+#[test]
+fn left_padded_batches_equal_each_row_alone() {
+    let device = reference_device();
+    let (gpt, _) = gpt2_fixture();
+    let prompts = vec![vec![1u32, 2, 3], vec![7, 7, 2, 9, 4], vec![5]];
+    for config in [
+        GenerationConfig::new().with_max_new_tokens(8),
+        GenerationConfig::new()
+            .with_max_new_tokens(8)
+            .with_do_sample(true)
+            .with_seed(3),
+    ] {
+        let batched = generate(&gpt, &prompts, &config, device, |_, _| {}).unwrap();
+        for (r, prompt) in prompts.iter().enumerate() {
+            let alone = config.clone().with_seed(config.seed + r as u64);
+            let single = generate(
+                &gpt,
+                std::slice::from_ref(prompt),
+                &alone,
+                device,
+                |_, _| {},
+            )
+            .unwrap();
+            assert_eq!(batched[r], single[0], "row {r}");
+        }
+    }
 }

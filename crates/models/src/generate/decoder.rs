@@ -33,6 +33,19 @@ pub trait Decoder {
     /// Feeds one more token per row.
     fn step(&self, tokens: Tensor<2, Int>, state: &mut Self::State) -> Tensor<2>;
 
+    /// Runs prompts that were left-padded to a common length (row `r` starts with
+    /// `left_padding[r]` padding tokens), so that each row continues as it would alone.
+    /// `None` when the model cannot (the default); generation then refuses prompts of
+    /// different lengths.
+    fn prefill_left_padded(
+        &self,
+        tokens: Tensor<2, Int>,
+        left_padding: &[usize],
+    ) -> Option<(Tensor<2>, Self::State)> {
+        let _ = (tokens, left_padding);
+        None
+    }
+
     /// Rearranges the batch rows of `state`: row `i` becomes a copy of row `rows[i]` (beam
     /// search continues the best beams).
     fn reorder(&self, state: &mut Self::State, rows: &[usize]);
@@ -79,7 +92,20 @@ impl Decoder for Gpt {
         last(self.forward_cached(tokens, None, cache))
     }
 
+    fn prefill_left_padded(
+        &self,
+        tokens: Tensor<2, Int>,
+        left_padding: &[usize],
+    ) -> Option<(Tensor<2>, GptCache)> {
+        let mut cache = GptCache::left_padded(left_padding.to_vec());
+        let logits = self.forward_cached(tokens, None, &mut cache);
+        Some((last(logits), cache))
+    }
+
     fn reorder(&self, cache: &mut GptCache, rows: &[usize]) {
+        if !cache.left_padding.is_empty() {
+            cache.left_padding = rows.iter().map(|&r| cache.left_padding[r]).collect();
+        }
         for block in &mut cache.blocks {
             reorder_kv(&mut block.self_attention, rows);
             reorder_kv(&mut block.cross_attention, rows);

@@ -25,8 +25,11 @@
 //!
 //! [`beam_search`] decodes one prompt with HuggingFace's beam search.
 //!
-//! Not yet here: stop strings, batched beam search, and batches of prompts of different
-//! lengths (left padding); the sampling arithmetic runs on the host over `f32` rows.
+//! Prompts of different lengths are left-padded for models that support it
+//! ([`Decoder::prefill_left_padded`]: GPT), each row giving what it gives alone.
+//!
+//! Not yet here: stop strings and batched beam search; the sampling arithmetic runs on the
+//! host over `f32` rows.
 
 mod beam;
 mod decoder;
@@ -83,8 +86,8 @@ pub enum GenerationError {
     /// A prompt has no tokens (or there are no prompts).
     #[error("empty prompt: generation needs at least one token per row")]
     EmptyPrompt,
-    /// Prompts of one batch differ in length.
-    #[error("prompts have different lengths ({0:?}); batch prompts of equal length")]
+    /// Prompts of one batch differ in length and the model cannot left-pad them.
+    #[error("prompts have different lengths ({0:?}) and this model cannot left-pad them")]
     RaggedPrompts(Vec<usize>),
     /// A prompt token is not in the model's vocabulary.
     #[error("prompt token id {token} is out of range for vocab_size {vocab_size}")]
@@ -147,7 +150,7 @@ impl GenerationConfig {
     }
 }
 
-/// Generates continuations of `prompts` (equal lengths), calling `on_token(row, token)` for
+/// Generates continuations of `prompts`, calling `on_token(row, token)` for
 /// every token as soon as it is chosen. Returns the new tokens of each row (ending with its
 /// end-of-sequence id when one was produced).
 ///
@@ -171,10 +174,22 @@ pub fn generate<M: Decoder>(
     let mut generated = vec![Vec::new(); batch_size];
     let mut finished = vec![false; batch_size];
 
-    let flat: Vec<i64> = prompts.iter().flatten().map(|&t| t as i64).collect();
+    // Left padding (with id 0, masked out) brings prompts to a common length.
+    let left_padding: Vec<usize> = prompts.iter().map(|p| prompt_length - p.len()).collect();
+    let flat: Vec<i64> = prompts
+        .iter()
+        .zip(&left_padding)
+        .flat_map(|(p, &pad)| std::iter::repeat_n(0, pad).chain(p.iter().map(|&t| t as i64)))
+        .collect();
     let tokens =
         Tensor::<2, Int>::from_data(TensorData::new(flat, [batch_size, prompt_length]), device);
-    let (mut logits, mut state) = model.prefill(tokens);
+    let (mut logits, mut state) = if left_padding.iter().all(|&p| p == 0) {
+        model.prefill(tokens)
+    } else {
+        model
+            .prefill_left_padded(tokens, &left_padding)
+            .ok_or_else(|| GenerationError::RaggedPrompts(prompts.iter().map(Vec::len).collect()))?
+    };
     for step in 0..config.max_new_tokens {
         let rows = logits
             .into_data()
@@ -210,14 +225,11 @@ fn check_prompts<M: Decoder>(
     config: &GenerationConfig,
 ) -> Result<usize, GenerationError> {
     let lengths: Vec<usize> = prompts.iter().map(Vec::len).collect();
-    let Some(&prompt_length) = lengths.first() else {
+    let Some(&prompt_length) = lengths.iter().max() else {
         return Err(GenerationError::EmptyPrompt);
     };
     if lengths.contains(&0) {
         return Err(GenerationError::EmptyPrompt);
-    }
-    if lengths.iter().any(|&l| l != prompt_length) {
-        return Err(GenerationError::RaggedPrompts(lengths));
     }
     let vocab_size = model.vocab_size();
     if let Some(&token) = prompts

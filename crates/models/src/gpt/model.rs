@@ -4,7 +4,7 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, Linear};
-use burn::tensor::{Bool, Device, Distribution, Int, Tensor};
+use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
 use lmforge_layers::position::{LearnedPositions, LearnedPositionsConfig};
 use lmforge_layers::transformer::{
     BlockConfig, DecoderBlock, DecoderBlockCache, FeedForwardActivation, Norm, NormKind,
@@ -211,9 +211,22 @@ pub struct Gpt {
 pub struct GptCache {
     /// One cache per block.
     pub blocks: Vec<DecoderBlockCache>,
+    /// Per row, the number of padding positions at the start of the sequence (left padding
+    /// for batched generation); empty = none. See [`GptCache::left_padded`].
+    pub left_padding: Vec<usize>,
 }
 
 impl GptCache {
+    /// A cache for a batch whose row `r` starts with `left_padding[r]` padding positions:
+    /// [`Gpt::forward_cached`] then masks those positions as keys and numbers each row's
+    /// positions from its first real token, so every row gives what it gives alone.
+    pub fn left_padded(left_padding: Vec<usize>) -> Self {
+        Self {
+            blocks: Vec::new(),
+            left_padding,
+        }
+    }
+
     /// Number of positions cached so far.
     pub fn len(&self) -> usize {
         self.blocks
@@ -335,7 +348,33 @@ impl Gpt {
             );
         }
         assert_tokens("Gpt", &tokens, self.vocab_size());
-        let x = self.token_embedding.forward(tokens) + self.positions.forward(start, seq_length);
+        let device = tokens.device();
+        let left_padding = cache.as_ref().map_or(&[][..], |c| &c.left_padding[..]);
+        let (mask_pad, positions) = if left_padding.is_empty() {
+            (mask_pad, self.positions.forward(start, seq_length))
+        } else {
+            assert!(
+                left_padding.len() == batch_size && mask_pad.is_none(),
+                "Gpt: a left-padded cache needs one padding count per row ({batch_size}) and no `mask_pad`"
+            );
+            let end = start + seq_length;
+            let mask: Vec<bool> = left_padding
+                .iter()
+                .flat_map(|&pad| (0..end).map(move |c| c < pad))
+                .collect();
+            let ids: Vec<i64> = left_padding
+                .iter()
+                .flat_map(|&pad| (start..end).map(move |c| c.saturating_sub(pad) as i64))
+                .collect();
+            let ids = Tensor::<2, Int>::from_data(
+                TensorData::new(ids, [batch_size, seq_length]),
+                &device,
+            );
+            let mask =
+                Tensor::<2, Bool>::from_data(TensorData::new(mask, [batch_size, end]), &device);
+            (Some(mask), self.positions.embedding.forward(ids))
+        };
+        let x = self.token_embedding.forward(tokens) + positions;
         let mut x = self.dropout.forward(x);
         if let Some(cache) = cache.as_deref_mut()
             && cache.blocks.len() != self.blocks.len()
