@@ -11,6 +11,7 @@ use lmforge::models::Pretrained;
 use lmforge::models::generate::logits::sampling_distribution;
 use lmforge::models::generate::{
     BeamConfig, Decoder, GenerationConfig, GenerationError, beam_search, generate,
+    generate_with_detokenizer,
 };
 use lmforge::models::gpt::{Gpt, GptConfig};
 use lmforge::models::lstm_lm::LstmLmConfig;
@@ -376,4 +377,47 @@ fn left_padded_batches_equal_each_row_alone() {
             assert_eq!(batched[r], single[0], "row {r}");
         }
     }
+}
+
+/// Stop strings end a row once its decoded new text contains one, also across a token
+/// boundary; without a detokenizer they are a typed error.
+#[test]
+fn stop_strings_end_rows() {
+    let device = reference_device();
+    let (gpt, _) = gpt2_fixture();
+    let prompt = vec![3u32, 14, 15, 9, 26];
+    // A toy detokenizer: id 16 -> "<16>".
+    let decode = |ids: &[u32]| ids.iter().map(|i| format!("<{i}>")).collect::<String>();
+    let free = generate(
+        &gpt,
+        std::slice::from_ref(&prompt),
+        &GenerationConfig::new().with_max_new_tokens(10),
+        device,
+        |_, _| {},
+    )
+    .unwrap();
+    // The text of tokens 2 and 3 (spanning a token boundary).
+    let stop = decode(&free[0][2..4]);
+    let config = GenerationConfig::new()
+        .with_max_new_tokens(10)
+        .with_stop_strings(vec!["never".into(), stop.clone()]);
+    let out = generate_with_detokenizer(
+        &gpt,
+        std::slice::from_ref(&prompt),
+        &config,
+        device,
+        &decode,
+        |_, _| {},
+    )
+    .unwrap();
+    let end = (1..=free[0].len())
+        .find(|&n| decode(&free[0][..n]).contains(&stop))
+        .unwrap();
+    assert_eq!(out[0], free[0][..end]);
+    assert!(
+        end < free[0].len(),
+        "the stop string must end the row early"
+    );
+    let err = generate(&gpt, &[prompt], &config, device, |_, _| {}).unwrap_err();
+    assert!(matches!(err, GenerationError::InvalidConfig(m) if m.contains("detokenizer")));
 }

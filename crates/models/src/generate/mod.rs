@@ -28,8 +28,10 @@
 //! Prompts of different lengths are left-padded for models that support it
 //! ([`Decoder::prefill_left_padded`]: GPT), each row giving what it gives alone.
 //!
-//! Not yet here: stop strings and batched beam search; the sampling arithmetic runs on the
-//! host over `f32` rows.
+//! Stop strings are matched on the decoded new text ([`generate_with_detokenizer`]).
+//!
+//! Not yet here: batched beam search; the sampling arithmetic runs on the host over `f32`
+//! rows.
 
 mod beam;
 mod decoder;
@@ -71,6 +73,11 @@ pub struct GenerationConfig {
     /// A row finishes when it produces one of these ids (included in its output).
     #[config(default = "Vec::new()")]
     pub eos_token_ids: Vec<u32>,
+    /// A row finishes as soon as the text of its new tokens contains one of these strings
+    /// (the token completing it is included). Needs a detokenizer: see
+    /// [`generate_with_detokenizer`].
+    #[config(default = "Vec::new()")]
+    pub stop_strings: Vec<String>,
     /// Seed of the sampling; row `r` draws from its own stream seeded `seed + r`, so a row's
     /// text does not depend on the other rows of the batch. Default: 0.
     #[config(default = 0)]
@@ -161,6 +168,41 @@ pub fn generate<M: Decoder>(
     prompts: &[Vec<u32>],
     config: &GenerationConfig,
     device: &Device,
+    on_token: impl FnMut(usize, u32),
+) -> Result<Vec<Vec<u32>>, GenerationError> {
+    if !config.stop_strings.is_empty() {
+        return Err(GenerationError::InvalidConfig(
+            "stop_strings need a detokenizer: use generate_with_detokenizer".into(),
+        ));
+    }
+    run(model, prompts, config, device, None, on_token)
+}
+
+/// Token ids to text (a tokenizer's `decode`).
+pub type Detokenize = dyn Fn(&[u32]) -> String;
+
+/// [`generate`] with a detokenizer (token ids to text, e.g. a tokenizer's `decode`), which
+/// `config.stop_strings` are matched against.
+///
+/// # Errors
+/// As [`generate`].
+pub fn generate_with_detokenizer<M: Decoder>(
+    model: &M,
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+    device: &Device,
+    detokenize: &Detokenize,
+    on_token: impl FnMut(usize, u32),
+) -> Result<Vec<Vec<u32>>, GenerationError> {
+    run(model, prompts, config, device, Some(detokenize), on_token)
+}
+
+fn run<M: Decoder>(
+    model: &M,
+    prompts: &[Vec<u32>],
+    config: &GenerationConfig,
+    device: &Device,
+    detokenize: Option<&Detokenize>,
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<Vec<u32>>, GenerationError> {
     config.validate()?;
@@ -206,7 +248,14 @@ pub fn generate<M: Decoder>(
             history[r].push(token);
             generated[r].push(token);
             on_token(r, token);
-            finished[r] = config.eos_token_ids.contains(&token);
+            finished[r] = config.eos_token_ids.contains(&token)
+                || detokenize.is_some_and(|decode| {
+                    let text = decode(&generated[r]);
+                    config
+                        .stop_strings
+                        .iter()
+                        .any(|stop| text.contains(stop.as_str()))
+                });
             next.push(token);
         }
         if finished.iter().all(|f| *f) || step + 1 == config.max_new_tokens {
