@@ -10,7 +10,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use lmforge::models::Pretrained;
 use lmforge::models::generate::logits::sampling_distribution;
 use lmforge::models::generate::{
-    BeamConfig, Decoder, GenerationConfig, GenerationError, beam_search, generate,
+    BeamConfig, Decoder, EarlyStopping, GenerationConfig, GenerationError, beam_search, generate,
     generate_with_detokenizer,
 };
 use lmforge::models::gpt::{Gpt, GptConfig};
@@ -82,6 +82,35 @@ fn beam_search_equals_huggingface_generate() {
             "{selected}: beam search should differ from greedy here"
         );
     }
+}
+
+/// Beam search's stopping rules (HuggingFace `early_stopping` true, false, "never") and
+/// length penalties give HuggingFace's tokens where they disagree with one another.
+#[test]
+fn beam_search_stopping_rules_equal_huggingface() {
+    let (gpt, fixture) = gpt2_fixture();
+    let device = reference_device();
+    let prompt = ints(fixture.get("input.stop_prompt"));
+    let config = GenerationConfig::new()
+        .with_max_new_tokens(12)
+        .with_eos_token_ids(vec![16]);
+    let mut distinct = std::collections::HashSet::new();
+    for (rule, name) in [
+        (EarlyStopping::Finished, "true"),
+        (EarlyStopping::Heuristic, "false"),
+        (EarlyStopping::Never, "never"),
+    ] {
+        for penalty in [1.0f32, 2.0] {
+            let key = format!("output.beam4_eos16_{name}_lp{penalty}");
+            let beam = BeamConfig::new(4)
+                .with_length_penalty(penalty)
+                .with_early_stopping(rule);
+            let out = beam_search(&gpt, &prompt, &config, &beam, device).unwrap();
+            assert_eq!(out, ints(fixture.get(&key)), "{key}");
+            distinct.insert(out);
+        }
+    }
+    assert!(distinct.len() >= 3, "the cases should disagree");
 }
 
 /// Generating with the KV cache gives the same tokens as recomputing the whole prefix and

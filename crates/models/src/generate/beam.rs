@@ -1,10 +1,9 @@
 //! Beam search with HuggingFace `generate()`'s semantics (`num_beams`, `length_penalty`,
-//! `early_stopping = true`): at every step the `2 * num_beams` best continuations over all
+//! `early_stopping` true, false or "never"): at every step the `2 * num_beams` best continuations over all
 //! beams are ranked; those ending in an end-of-sequence id among the first `num_beams` become
 //! finished hypotheses scored `sum_logprobs / new_length^length_penalty`; the best
-//! `num_beams` others continue. Generation stops when `num_beams` hypotheses are finished, no
-//! running beam can beat the worst of them, or `max_new_tokens` is reached (then every
-//! leading candidate is a hypothesis).
+//! `num_beams` others continue. Generation stops by the [`EarlyStopping`] rule, or at
+//! `max_new_tokens` (then every leading candidate is a hypothesis).
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
@@ -12,6 +11,19 @@ use super::{Decoder, GenerationConfig, GenerationError, check_prompts, logits};
 
 /// "Minus infinity" as HuggingFace's beam search uses it (a large finite penalty).
 const NEG: f32 = -1.0e9;
+
+/// When beam search stops (HuggingFace's `early_stopping`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EarlyStopping {
+    /// Stop as soon as `num_beams` hypotheses are finished (`early_stopping=True`).
+    Finished,
+    /// Stop when no running beam can beat the worst finished hypothesis, estimated at the
+    /// current length (`early_stopping=False`, HuggingFace's default).
+    Heuristic,
+    /// As `Heuristic`, but with a positive length penalty the estimate assumes the longest
+    /// possible length (`early_stopping="never"`, the canonical beam search).
+    Never,
+}
 
 /// Beam-search settings on top of a [`GenerationConfig`].
 #[derive(Clone, Debug, PartialEq)]
@@ -21,15 +33,30 @@ pub struct BeamConfig {
     /// Exponent of the length normalisation of finished hypotheses (1 = mean log-prob per
     /// new token; > 1 favours longer, < 1 shorter hypotheses).
     pub length_penalty: f32,
+    /// The stopping rule.
+    pub early_stopping: EarlyStopping,
 }
 
 impl BeamConfig {
-    /// `num_beams` beams with `length_penalty` 1.
+    /// `num_beams` beams, `length_penalty` 1, stopping once `num_beams` hypotheses finished.
     pub fn new(num_beams: usize) -> Self {
         Self {
             num_beams,
             length_penalty: 1.0,
+            early_stopping: EarlyStopping::Finished,
         }
+    }
+
+    /// Sets the length penalty.
+    pub fn with_length_penalty(mut self, length_penalty: f32) -> Self {
+        self.length_penalty = length_penalty;
+        self
+    }
+
+    /// Sets the stopping rule.
+    pub fn with_early_stopping(mut self, early_stopping: EarlyStopping) -> Self {
+        self.early_stopping = early_stopping;
+        self
     }
 }
 
@@ -106,7 +133,7 @@ pub fn beam_search<M: Decoder>(
 
         // Finished hypotheses: end-of-sequence (or last-step) candidates ranked in the first
         // `n`, unless no improvement is possible or (early stopping) the set is already full.
-        let full = finished.len() >= n;
+        let full = finished.len() >= n && beam.early_stopping == EarlyStopping::Finished;
         if improvable && !full {
             for (j, &(score, b, t)) in candidates.iter().enumerate().take(n) {
                 if hits[j] {
@@ -142,10 +169,16 @@ pub fn beam_search<M: Decoder>(
         // Can a running beam still beat the worst finished hypothesis?
         if finished.len() == n {
             let worst = finished.last().expect("n >= 1").score;
-            let best_possible = running[0].1 / new_length.powf(beam.length_penalty);
+            let length = if beam.early_stopping == EarlyStopping::Never && beam.length_penalty > 0.0
+            {
+                config.max_new_tokens as f32
+            } else {
+                new_length
+            };
+            let best_possible = running[0].1 / length.powf(beam.length_penalty);
             improvable &= best_possible > worst;
         }
-        let all_finished = finished.len() == n;
+        let all_finished = finished.len() == n && beam.early_stopping == EarlyStopping::Finished;
         if last_step || !improvable || all_finished || hits.iter().all(|h| *h) {
             break;
         }

@@ -42,7 +42,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
-pub use beam::{BeamConfig, beam_search};
+pub use beam::{BeamConfig, EarlyStopping, beam_search};
 pub use decoder::{Decoder, Seq2SeqDecoder};
 
 /// How to generate. Defaults: greedy, 32 new tokens, no end-of-sequence id.
