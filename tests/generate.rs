@@ -320,9 +320,35 @@ fn bad_requests_are_typed_errors() {
     }
     assert_eq!(run(&[vec![]], sample.clone()), GenerationError::EmptyPrompt);
     assert_eq!(run(&[], sample.clone()), GenerationError::EmptyPrompt);
-    let lstm = LstmLmConfig::new(17).init(device).unwrap();
+    // A model that cannot left-pad (the trait's default) refuses ragged prompts.
+    struct NoPadding<'a>(&'a Gpt);
+    impl Decoder for NoPadding<'_> {
+        type State = lmforge::models::gpt::GptCache;
+        fn vocab_size(&self) -> usize {
+            self.0.vocab_size()
+        }
+        fn max_seq_length(&self) -> Option<usize> {
+            Some(self.0.max_seq_length())
+        }
+        fn prefill(&self, tokens: Tensor<2, Int>) -> (Tensor<2>, Self::State) {
+            self.0.prefill(tokens)
+        }
+        fn step(&self, tokens: Tensor<2, Int>, state: &mut Self::State) -> Tensor<2> {
+            self.0.step(tokens, state)
+        }
+        fn reorder(&self, state: &mut Self::State, rows: &[usize]) {
+            self.0.reorder(state, rows)
+        }
+    }
     assert_eq!(
-        generate(&lstm, &[vec![1, 2], vec![3]], &sample, device, |_, _| {}).unwrap_err(),
+        generate(
+            &NoPadding(&gpt),
+            &[vec![1, 2], vec![3]],
+            &sample,
+            device,
+            |_, _| {}
+        )
+        .unwrap_err(),
         GenerationError::RaggedPrompts(vec![2, 1])
     );
     assert_eq!(
@@ -405,6 +431,27 @@ fn left_padded_batches_equal_each_row_alone() {
             .unwrap();
             assert_eq!(batched[r], single[0], "row {r}");
         }
+    }
+    let lstm = LstmLmConfig::new(50)
+        .with_d_embedding(8)
+        .with_d_hidden(16)
+        .with_init_range(1.0)
+        .with_dropout(0.0)
+        .init(device)
+        .unwrap()
+        .valid();
+    let config = GenerationConfig::new().with_max_new_tokens(8);
+    let batched = generate(&lstm, &prompts, &config, device, |_, _| {}).unwrap();
+    for (r, prompt) in prompts.iter().enumerate() {
+        let single = generate(
+            &lstm,
+            std::slice::from_ref(prompt),
+            &config,
+            device,
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(batched[r], single[0], "LSTM row {r}");
     }
 }
 

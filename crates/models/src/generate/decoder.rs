@@ -135,6 +135,30 @@ impl Decoder for LstmLm {
         last(logits)
     }
 
+    /// Runs each row's prompt without its padding (a recurrent state has no mask), then
+    /// stacks the rows' states.
+    fn prefill_left_padded(
+        &self,
+        tokens: Tensor<2, Int>,
+        left_padding: &[usize],
+    ) -> Option<(Tensor<2>, LstmState)> {
+        let [batch_size, seq_length] = tokens.dims();
+        let mut logits = Vec::with_capacity(batch_size);
+        let (mut hidden, mut cell) = (Vec::new(), Vec::new());
+        for (r, &pad) in left_padding.iter().enumerate() {
+            let row = tokens.clone().slice([r..r + 1, pad..seq_length]);
+            let (row_logits, state) = self.prefill(row);
+            logits.push(row_logits);
+            hidden.push(state.hidden);
+            cell.push(state.cell);
+        }
+        let state = LstmState {
+            hidden: Tensor::cat(hidden, 1),
+            cell: Tensor::cat(cell, 1),
+        };
+        Some((Tensor::cat(logits, 0), state))
+    }
+
     fn reorder(&self, state: &mut LstmState, rows: &[usize]) {
         let rows = index(rows, &state.hidden.device());
         state.hidden = state.hidden.clone().select(1, rows.clone());

@@ -26,7 +26,8 @@
 //! [`beam_search`] decodes one prompt with HuggingFace's beam search.
 //!
 //! Prompts of different lengths are left-padded for models that support it
-//! ([`Decoder::prefill_left_padded`]: GPT), each row giving what it gives alone.
+//! ([`Decoder::prefill_left_padded`]: GPT masks the padding and renumbers positions, the
+//! LSTM LM reads each prompt unpadded), each row giving what it gives alone.
 //!
 //! Stop strings are matched on the decoded new text ([`generate_with_detokenizer`]).
 //!
