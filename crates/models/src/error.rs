@@ -116,3 +116,10 @@ pub(crate) fn check(
         })
     }
 }
+
+/// Returns `Err(InvalidConfig)` unless `dropout` is in `[0, 1)`.
+pub(crate) fn check_dropout(model: &'static str, dropout: f64) -> Result<(), ModelError> {
+    check((0.0..1.0).contains(&dropout), model, || {
+        format!("dropout must be in [0, 1), got {dropout}")
+    })
+}

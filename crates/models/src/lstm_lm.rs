@@ -10,7 +10,7 @@ use burn::nn::{
 use burn::tensor::{Device, Int, Tensor};
 use lmforge_layers::rnn::{Lstm, LstmConfig, LstmState};
 
-use crate::error::{ModelError, check};
+use crate::error::{ModelError, check, check_dropout};
 use crate::tokens::assert_tokens;
 
 /// Configuration of an [`LstmLm`].
@@ -55,9 +55,7 @@ impl LstmLmConfig {
         check(self.d_embedding > 0, model, || {
             "d_embedding must be > 0".into()
         })?;
-        check((0.0..1.0).contains(&self.dropout), model, || {
-            format!("dropout must be in [0, 1), got {}", self.dropout)
-        })?;
+        check_dropout(model, self.dropout)?;
         check(
             !self.tie_weights || self.d_embedding == self.d_hidden,
             model,

@@ -11,7 +11,7 @@ use lmforge_layers::transformer::{
     Norm, NormKind, normal_linear,
 };
 
-use crate::error::{ModelError, check};
+use crate::error::{ModelError, check, check_dropout};
 use crate::tokens::{assert_tokens, check_positions};
 
 /// Configuration of a [`Seq2Seq`].
@@ -109,9 +109,7 @@ impl Seq2SeqConfig {
                 )
             },
         )?;
-        check((0.0..1.0).contains(&self.dropout), model, || {
-            format!("dropout must be in [0, 1), got {}", self.dropout)
-        })?;
+        check_dropout(model, self.dropout)?;
         let block = BlockConfig::new(self.d_model, self.n_heads, self.d_ff)
             .with_norm_first(self.norm_first)
             .with_activation(self.activation)

@@ -9,7 +9,7 @@ use lmforge_layers::transformer::{
     BlockConfig, EncoderBlock, FeedForwardActivation, Norm, NormKind, normal_linear,
 };
 
-use crate::error::{ModelError, check};
+use crate::error::{ModelError, check, check_dropout};
 use crate::tokens::{assert_tokens, check_positions};
 
 /// Configuration of a [`Bert`] encoder and of the task models built on it.
@@ -105,9 +105,7 @@ impl BertConfig {
         check(self.type_vocab_size > 0, model, || {
             "type_vocab_size must be > 0".into()
         })?;
-        check((0.0..1.0).contains(&self.dropout), model, || {
-            format!("dropout must be in [0, 1), got {}", self.dropout)
-        })?;
+        check_dropout(model, self.dropout)?;
         let block = BlockConfig::new(self.d_model, self.n_heads, self.d_ff)
             .with_norm_first(false)
             .with_activation(self.activation)

@@ -270,163 +270,196 @@ impl Pretrained for Bert {
     }
 }
 
-impl Pretrained for BertForMaskedLm {
-    /// Loads a `BertForMaskedLM` folder.
-    fn from_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<Self, ModelError> {
-        load(dir.as_ref(), device, Some(false), |bert, _, weights| {
-            prepare_mlm(weights);
-            let mut model = BertForMaskedLm::from_encoder(bert, device);
-            visit_mlm(&mut model.mlm, &mut Loader { weights })?;
-            weights.finish()?;
-            Ok(model)
-        })
+/// A BERT task class: the encoder (under `bert.`) plus a head, with HuggingFace's class
+/// name. `visit_head` is the one mapping of the head's names, for import and export.
+trait BertTask: Sized + Clone {
+    /// HuggingFace's class name (`architectures` in `config.json`).
+    const ARCHITECTURE: &'static str;
+    /// Whether the encoder has a pooler.
+    const POOLER: bool;
+
+    /// Attaches a fresh head to a loaded encoder.
+    fn build(bert: Bert, hf: &HfConfig, device: &Device) -> Result<Self, ModelError>;
+
+    /// The encoder.
+    fn encoder(&mut self) -> &mut Bert;
+
+    /// The classifier width written to `config.json`, for classification heads.
+    fn n_labels(&self) -> Option<usize> {
+        None
     }
 
-    fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<(), ModelError> {
-        let config = self.bert.config().to_hf_config("BertForMaskedLM", None);
-        save(dir.as_ref(), config, |e| {
-            let mut model = self.clone();
-            visit_bert(&mut model.bert, e, "bert.")?;
-            visit_mlm(&mut model.mlm, e)
-        })
+    /// Renames or drops tensors before loading (the tied MLM decoder).
+    fn prepare(_weights: &mut Weights) {}
+
+    /// Visits the head's parameters under their HuggingFace names.
+    fn visit_head<V: Visitor>(&mut self, v: &mut V) -> Result<(), ModelError>;
+}
+
+fn load_task<M: BertTask>(dir: &Path, device: &Device) -> Result<M, ModelError> {
+    load(dir, device, Some(M::POOLER), |bert, hf, weights| {
+        M::prepare(weights);
+        let mut model = M::build(bert, hf, device)?;
+        model.visit_head(&mut Loader { weights })?;
+        weights.finish()?;
+        Ok(model)
+    })
+}
+
+fn save_task<M: BertTask>(model: &M, dir: &Path) -> Result<(), ModelError> {
+    let mut model = model.clone();
+    let n_labels = model.n_labels();
+    let config = model
+        .encoder()
+        .config()
+        .to_hf_config(M::ARCHITECTURE, n_labels);
+    save(dir, config, |e| {
+        visit_bert(model.encoder(), e, "bert.")?;
+        model.visit_head(e)
+    })
+}
+
+impl BertTask for BertForMaskedLm {
+    const ARCHITECTURE: &'static str = "BertForMaskedLM";
+    const POOLER: bool = false;
+
+    fn build(bert: Bert, _: &HfConfig, device: &Device) -> Result<Self, ModelError> {
+        Ok(Self::from_encoder(bert, device))
+    }
+
+    fn encoder(&mut self) -> &mut Bert {
+        &mut self.bert
+    }
+
+    fn prepare(weights: &mut Weights) {
+        prepare_mlm(weights);
+    }
+
+    fn visit_head<V: Visitor>(&mut self, v: &mut V) -> Result<(), ModelError> {
+        visit_mlm(&mut self.mlm, v)
     }
 }
 
-impl Pretrained for BertForPreTraining {
-    /// Loads a `BertForPreTraining` folder.
-    fn from_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<Self, ModelError> {
-        load(dir.as_ref(), device, Some(true), |bert, _, weights| {
-            prepare_mlm(weights);
-            let mut model = BertForPreTraining::from_encoder(bert, device)?;
-            let mut loader = Loader { weights };
-            visit_mlm(&mut model.mlm, &mut loader)?;
-            linear(&mut loader, "cls.seq_relationship", &mut model.nsp, true)?;
-            weights.finish()?;
-            Ok(model)
-        })
+impl BertTask for BertForPreTraining {
+    const ARCHITECTURE: &'static str = "BertForPreTraining";
+    const POOLER: bool = true;
+
+    fn build(bert: Bert, _: &HfConfig, device: &Device) -> Result<Self, ModelError> {
+        Self::from_encoder(bert, device)
     }
 
-    fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<(), ModelError> {
-        let config = self.bert.config().to_hf_config("BertForPreTraining", None);
-        save(dir.as_ref(), config, |e| {
-            let mut model = self.clone();
-            visit_bert(&mut model.bert, e, "bert.")?;
-            visit_mlm(&mut model.mlm, e)?;
-            linear(e, "cls.seq_relationship", &mut model.nsp, true)
-        })
+    fn encoder(&mut self) -> &mut Bert {
+        &mut self.bert
+    }
+
+    fn prepare(weights: &mut Weights) {
+        prepare_mlm(weights);
+    }
+
+    fn visit_head<V: Visitor>(&mut self, v: &mut V) -> Result<(), ModelError> {
+        visit_mlm(&mut self.mlm, v)?;
+        linear(v, "cls.seq_relationship", &mut self.nsp, true)
     }
 }
 
-impl Pretrained for BertForNextSentencePrediction {
-    /// Loads a `BertForNextSentencePrediction` folder.
-    fn from_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<Self, ModelError> {
-        load(dir.as_ref(), device, Some(true), |bert, _, weights| {
-            let mut model = BertForNextSentencePrediction::from_encoder(bert, device)?;
-            linear(
-                &mut Loader { weights },
-                "cls.seq_relationship",
-                &mut model.nsp,
-                true,
-            )?;
-            weights.finish()?;
-            Ok(model)
-        })
+impl BertTask for BertForNextSentencePrediction {
+    const ARCHITECTURE: &'static str = "BertForNextSentencePrediction";
+    const POOLER: bool = true;
+
+    fn build(bert: Bert, _: &HfConfig, device: &Device) -> Result<Self, ModelError> {
+        Self::from_encoder(bert, device)
     }
 
-    fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<(), ModelError> {
-        let config = self
-            .bert
-            .config()
-            .to_hf_config("BertForNextSentencePrediction", None);
-        save(dir.as_ref(), config, |e| {
-            let mut model = self.clone();
-            visit_bert(&mut model.bert, e, "bert.")?;
-            linear(e, "cls.seq_relationship", &mut model.nsp, true)
-        })
+    fn encoder(&mut self) -> &mut Bert {
+        &mut self.bert
+    }
+
+    fn visit_head<V: Visitor>(&mut self, v: &mut V) -> Result<(), ModelError> {
+        linear(v, "cls.seq_relationship", &mut self.nsp, true)
     }
 }
 
-impl Pretrained for BertForSequenceClassification {
-    /// Loads a `BertForSequenceClassification` folder (classes: `num_labels` or the size of
-    /// `id2label`).
-    fn from_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<Self, ModelError> {
-        load(dir.as_ref(), device, Some(true), |bert, hf, weights| {
-            let mut model =
-                BertForSequenceClassification::from_encoder(bert, hf.num_labels()?, device)?;
-            linear(
-                &mut Loader { weights },
-                "classifier",
-                &mut model.classifier,
-                true,
-            )?;
-            weights.finish()?;
-            Ok(model)
-        })
+impl BertTask for BertForSequenceClassification {
+    const ARCHITECTURE: &'static str = "BertForSequenceClassification";
+    const POOLER: bool = true;
+
+    fn build(bert: Bert, hf: &HfConfig, device: &Device) -> Result<Self, ModelError> {
+        Self::from_encoder(bert, hf.num_labels()?, device)
     }
 
-    fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<(), ModelError> {
-        let config = self
-            .bert
-            .config()
-            .to_hf_config("BertForSequenceClassification", Some(self.n_labels()));
-        save(dir.as_ref(), config, |e| {
-            let mut model = self.clone();
-            visit_bert(&mut model.bert, e, "bert.")?;
-            linear(e, "classifier", &mut model.classifier, true)
-        })
+    fn encoder(&mut self) -> &mut Bert {
+        &mut self.bert
+    }
+
+    fn n_labels(&self) -> Option<usize> {
+        Some(BertForSequenceClassification::n_labels(self))
+    }
+
+    fn visit_head<V: Visitor>(&mut self, v: &mut V) -> Result<(), ModelError> {
+        linear(v, "classifier", &mut self.classifier, true)
     }
 }
 
-impl Pretrained for BertForTokenClassification {
-    /// Loads a `BertForTokenClassification` folder.
-    fn from_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<Self, ModelError> {
-        load(dir.as_ref(), device, Some(false), |bert, hf, weights| {
-            let mut model =
-                BertForTokenClassification::from_encoder(bert, hf.num_labels()?, device)?;
-            linear(
-                &mut Loader { weights },
-                "classifier",
-                &mut model.classifier,
-                true,
-            )?;
-            weights.finish()?;
-            Ok(model)
-        })
+impl BertTask for BertForTokenClassification {
+    const ARCHITECTURE: &'static str = "BertForTokenClassification";
+    const POOLER: bool = false;
+
+    fn build(bert: Bert, hf: &HfConfig, device: &Device) -> Result<Self, ModelError> {
+        Self::from_encoder(bert, hf.num_labels()?, device)
     }
 
-    fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<(), ModelError> {
-        let config = self
-            .bert
-            .config()
-            .to_hf_config("BertForTokenClassification", Some(self.n_labels()));
-        save(dir.as_ref(), config, |e| {
-            let mut model = self.clone();
-            visit_bert(&mut model.bert, e, "bert.")?;
-            linear(e, "classifier", &mut model.classifier, true)
-        })
+    fn encoder(&mut self) -> &mut Bert {
+        &mut self.bert
+    }
+
+    fn n_labels(&self) -> Option<usize> {
+        Some(BertForTokenClassification::n_labels(self))
+    }
+
+    fn visit_head<V: Visitor>(&mut self, v: &mut V) -> Result<(), ModelError> {
+        linear(v, "classifier", &mut self.classifier, true)
     }
 }
 
-impl Pretrained for BertForQuestionAnswering {
-    /// Loads a `BertForQuestionAnswering` folder.
-    fn from_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<Self, ModelError> {
-        load(dir.as_ref(), device, Some(false), |bert, _, weights| {
-            let mut model = BertForQuestionAnswering::from_encoder(bert, device);
-            linear(&mut Loader { weights }, "qa_outputs", &mut model.qa, true)?;
-            weights.finish()?;
-            Ok(model)
-        })
+impl BertTask for BertForQuestionAnswering {
+    const ARCHITECTURE: &'static str = "BertForQuestionAnswering";
+    const POOLER: bool = false;
+
+    fn build(bert: Bert, _: &HfConfig, device: &Device) -> Result<Self, ModelError> {
+        Ok(Self::from_encoder(bert, device))
     }
 
-    fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<(), ModelError> {
-        let config = self
-            .bert
-            .config()
-            .to_hf_config("BertForQuestionAnswering", None);
-        save(dir.as_ref(), config, |e| {
-            let mut model = self.clone();
-            visit_bert(&mut model.bert, e, "bert.")?;
-            linear(e, "qa_outputs", &mut model.qa, true)
-        })
+    fn encoder(&mut self) -> &mut Bert {
+        &mut self.bert
     }
+
+    fn visit_head<V: Visitor>(&mut self, v: &mut V) -> Result<(), ModelError> {
+        linear(v, "qa_outputs", &mut self.qa, true)
+    }
+}
+
+/// `Pretrained` for the task classes, through [`BertTask`]; the doc names the class read.
+macro_rules! pretrained_task {
+    ($($model:ty => $doc:literal),* $(,)?) => {$(
+        impl Pretrained for $model {
+            #[doc = $doc]
+            fn from_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<Self, ModelError> {
+                load_task(dir.as_ref(), device)
+            }
+
+            /// Writes a folder of this HuggingFace class (names under `bert.`).
+            fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<(), ModelError> {
+                save_task(self, dir.as_ref())
+            }
+        }
+    )*};
+}
+
+pretrained_task! {
+    BertForMaskedLm => "Loads a `BertForMaskedLM` folder (the decoder is the tied word embedding).",
+    BertForPreTraining => "Loads a `BertForPreTraining` folder.",
+    BertForNextSentencePrediction => "Loads a `BertForNextSentencePrediction` folder.",
+    BertForSequenceClassification => "Loads a `BertForSequenceClassification` folder (classes: `num_labels` or the size of `id2label`).",
+    BertForTokenClassification => "Loads a `BertForTokenClassification` folder.",
+    BertForQuestionAnswering => "Loads a `BertForQuestionAnswering` folder.",
 }

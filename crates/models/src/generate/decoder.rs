@@ -3,7 +3,7 @@
 use burn::tensor::{Int, Tensor};
 use lmforge_layers::rnn::LstmState;
 
-use lmforge_layers::transformer::Memory;
+use lmforge_layers::transformer::{DecoderBlockCache, Memory};
 
 use crate::gpt::{Gpt, GptCache};
 use crate::lstm_lm::LstmLm;
@@ -57,9 +57,14 @@ fn index(rows: &[usize], device: &burn::tensor::Device) -> Tensor<1, Int> {
     Tensor::from_data(burn::tensor::TensorData::new(rows, [n]), device)
 }
 
-fn reorder_kv(cache: &mut lmforge_layers::attention::KvCache, rows: &[usize]) {
-    for t in [&mut cache.key, &mut cache.value].into_iter().flatten() {
-        *t = t.clone().select(0, index(rows, &t.device()));
+/// Reorders the batch rows of every block's self- and cross-attention cache.
+fn reorder_blocks(blocks: &mut [DecoderBlockCache], rows: &[usize]) {
+    for block in blocks {
+        for cache in [&mut block.self_attention, &mut block.cross_attention] {
+            for t in [&mut cache.key, &mut cache.value].into_iter().flatten() {
+                *t = t.clone().select(0, index(rows, &t.device()));
+            }
+        }
     }
 }
 
@@ -106,10 +111,7 @@ impl Decoder for Gpt {
         if !cache.left_padding.is_empty() {
             cache.left_padding = rows.iter().map(|&r| cache.left_padding[r]).collect();
         }
-        for block in &mut cache.blocks {
-            reorder_kv(&mut block.self_attention, rows);
-            reorder_kv(&mut block.cross_attention, rows);
-        }
+        reorder_blocks(&mut cache.blocks, rows);
     }
 }
 
@@ -231,10 +233,7 @@ impl Decoder for Seq2SeqDecoder<'_> {
     }
 
     fn reorder(&self, (cache, memory): &mut Self::State, rows: &[usize]) {
-        for block in &mut cache.blocks {
-            reorder_kv(&mut block.self_attention, rows);
-            reorder_kv(&mut block.cross_attention, rows);
-        }
+        reorder_blocks(&mut cache.blocks, rows);
         let device = memory.memory.device();
         memory.memory = memory.memory.clone().select(0, index(rows, &device));
         memory.mask_pad = memory

@@ -11,7 +11,7 @@ use lmforge_layers::transformer::{
     normal_linear,
 };
 
-use crate::error::{ModelError, check};
+use crate::error::{ModelError, check, check_dropout};
 use crate::tokens::{assert_tokens, check_positions};
 
 /// Configuration of a [`Gpt`].
@@ -117,9 +117,7 @@ impl GptConfig {
         check(self.max_seq_length > 0, model, || {
             "max_seq_length must be > 0".into()
         })?;
-        check((0.0..1.0).contains(&self.dropout), model, || {
-            format!("dropout must be in [0, 1), got {}", self.dropout)
-        })?;
+        check_dropout(model, self.dropout)?;
         let block = BlockConfig::new(self.d_model, self.n_heads, self.d_ff())
             .with_norm_first(true)
             .with_activation(self.activation)
