@@ -135,8 +135,7 @@ impl CharTokenizer {
     /// # Errors
     /// [`DataError::Io`] when the file cannot be written.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), DataError> {
-        let json = serde_json::to_string_pretty(self).expect("a char tokenizer serializes");
-        std::fs::write(path.as_ref(), json).map_err(|e| DataError::io(path.as_ref(), e))
+        super::save_json(self, path.as_ref())
     }
 
     /// Reads a tokenizer written by [`CharTokenizer::save`].
@@ -145,10 +144,7 @@ impl CharTokenizer {
     /// [`DataError::Io`] when the file cannot be read, [`DataError::Tokenizer`] when it is not
     /// a saved char tokenizer.
     pub fn load(path: impl AsRef<Path>) -> Result<Self, DataError> {
-        let text =
-            std::fs::read_to_string(path.as_ref()).map_err(|e| DataError::io(path.as_ref(), e))?;
-        serde_json::from_str(&text)
-            .map_err(|e| DataError::Tokenizer(format!("{}: {e}", path.as_ref().display())))
+        super::load_json(path.as_ref())
     }
 }
 

@@ -324,6 +324,19 @@ fn append(out: &mut Encoding, part: Encoding, type_id: u32) {
     }
 }
 
+/// Writes a tokenizer as pretty JSON (the format of [`CharTokenizer`] and [`WordTokenizer`]).
+fn save_json<T: Serialize>(tokenizer: &T, path: &std::path::Path) -> Result<(), DataError> {
+    let json = serde_json::to_string_pretty(tokenizer).expect("tokenizers serialize to JSON");
+    std::fs::write(path, json).map_err(|e| DataError::io(path, e))
+}
+
+/// Reads a tokenizer written by [`save_json`].
+fn load_json<T: for<'de> Deserialize<'de>>(path: &std::path::Path) -> Result<T, DataError> {
+    let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| DataError::Tokenizer(format!("{}: {e}", path.display())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
