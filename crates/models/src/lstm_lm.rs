@@ -11,7 +11,7 @@ use burn::tensor::{Device, Int, Tensor};
 use lmforge_layers::rnn::{Lstm, LstmConfig, LstmState};
 
 use crate::error::{ModelError, check, check_dropout};
-use crate::tokens::assert_tokens;
+use crate::tokens::{assert_tokens, tied_logits};
 
 /// Configuration of an [`LstmLm`].
 #[derive(Config, Debug)]
@@ -154,7 +154,7 @@ impl LstmLm {
         let hidden = self.dropout.forward(hidden);
         let logits = match &self.output {
             Some(output) => output.forward(hidden),
-            None => hidden.matmul(self.embedding.weight.val().transpose().unsqueeze()),
+            None => tied_logits(hidden, &self.embedding),
         };
         (logits, state)
     }

@@ -12,7 +12,7 @@ use lmforge_layers::transformer::{
 };
 
 use crate::error::{ModelError, check, check_dropout};
-use crate::tokens::{assert_tokens, check_positions};
+use crate::tokens::{assert_tokens, check_positions, tied_logits};
 
 /// Configuration of a [`Seq2Seq`].
 #[derive(Config, Debug)]
@@ -378,7 +378,7 @@ impl Seq2Seq {
         }
         match &self.output {
             Some(output) => output.forward(x),
-            None => x.matmul(self.tgt_embedding().weight.val().transpose().unsqueeze()),
+            None => tied_logits(x, self.tgt_embedding()),
         }
     }
 }

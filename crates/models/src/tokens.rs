@@ -1,5 +1,6 @@
-//! Input checks shared by the models.
+//! Input checks and the tied output projection, shared by the models.
 
+use burn::nn::Embedding;
 use burn::tensor::{Int, Tensor};
 
 /// Panics with a clear message when a token id is outside `0..vocab_size`.
@@ -30,4 +31,13 @@ pub(crate) fn check_positions(model: &str, start: usize, seq_length: usize, max_
         "{model}: sequence of {} positions ({start} cached + {seq_length} new) exceeds max_seq_length {max_seq_length}",
         start + seq_length
     );
+}
+
+/// Vocabulary logits through a tied embedding: `hidden · Eᵀ`.
+///
+/// # Shapes
+/// - `hidden`: `[batch_size, seq_length, d_model]`; `embedding`: `[vocab_size, d_model]`
+/// - returns: `[batch_size, seq_length, vocab_size]`
+pub(crate) fn tied_logits(hidden: Tensor<3>, embedding: &Embedding) -> Tensor<3> {
+    hidden.matmul(embedding.weight.val().transpose().unsqueeze())
 }

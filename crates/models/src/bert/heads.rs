@@ -7,6 +7,7 @@ use lmforge_layers::transformer::{FeedForwardActivation, Norm};
 
 use super::model::{Bert, BertConfig, BertInput, BertOutput};
 use crate::error::{ModelError, check};
+use crate::tokens::tied_logits;
 
 /// The masked-LM head (HuggingFace `cls.predictions`): `dense -> activation -> LayerNorm`,
 /// then the decoder, whose weight is the word embedding (tied) plus its own bias.
@@ -42,8 +43,7 @@ impl MaskedLmHead {
         let h = self
             .norm
             .forward(self.activation.apply(self.transform.forward(hidden)));
-        let decoder = word_embeddings.weight.val().transpose().unsqueeze::<3>();
-        h.matmul(decoder) + self.bias.val().unsqueeze::<3>()
+        tied_logits(h, word_embeddings) + self.bias.val().unsqueeze::<3>()
     }
 }
 

@@ -12,7 +12,7 @@ use lmforge_layers::transformer::{
 };
 
 use crate::error::{ModelError, check, check_dropout};
-use crate::tokens::{assert_tokens, check_positions};
+use crate::tokens::{assert_tokens, check_positions, tied_logits};
 
 /// Configuration of a [`Gpt`].
 #[derive(Config, Debug)]
@@ -320,7 +320,7 @@ impl Gpt {
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
             Some(head) => head.forward(hidden),
-            None => hidden.matmul(self.token_embedding.weight.val().transpose().unsqueeze()),
+            None => tied_logits(hidden, &self.token_embedding),
         }
     }
 
