@@ -5,6 +5,7 @@
 
 mod attention_reference;
 mod block_reference;
+mod examples;
 mod generate;
 mod models;
 mod models_reference;

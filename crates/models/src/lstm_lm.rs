@@ -3,7 +3,7 @@
 //! Wolf 2017 and Inan et al. 2017).
 
 use burn::config::Config;
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::{
     Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig,
 };
@@ -74,7 +74,11 @@ impl LstmLmConfig {
             let mut linear = LinearConfig::new(self.d_hidden, self.vocab_size)
                 .with_initializer(uniform.clone())
                 .init(device);
-            linear.bias = linear.bias.take().map(|b| b.map(|b| b.zeros_like()));
+            // A new parameter (not `Param::map`, whose result would not require gradients).
+            linear.bias = linear
+                .bias
+                .take()
+                .map(|b| Param::from_tensor(b.val().zeros_like()));
             linear
         });
         Ok(LstmLm {

@@ -1,7 +1,7 @@
 //! The position-wise feed-forward block of a Transformer.
 
 use burn::config::Config;
-use burn::module::Module;
+use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::{gelu, gelu_approximate, relu, silu};
 use burn::tensor::{Device, Tensor};
@@ -93,7 +93,9 @@ pub fn normal_linear(d_in: usize, d_out: usize, bias: bool, std: f64, device: &D
         .with_initializer(Initializer::Normal { mean: 0.0, std })
         .init(device);
     if let Some(b) = linear.bias.take() {
-        linear.bias = Some(b.map(|b| b.zeros_like()));
+        // A new parameter: `Param::map` with a fresh tensor would drop the gradient
+        // requirement, and the bias would never train.
+        linear.bias = Some(Param::from_tensor(b.val().zeros_like()));
     }
     linear
 }

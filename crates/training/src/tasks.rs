@@ -1,0 +1,309 @@
+//! [`Task`]s for lmforge's models: causal LM (GPT, LSTM LM), masked LM and BERT pre-training,
+//! sequence and token classification.
+
+use burn::tensor::{Bool, Int, Tensor, TensorData};
+use lmforge_data::batcher::{Batcher, PaddedRows};
+use lmforge_data::dataset::conll::AlignedExample;
+use lmforge_data::tokenizer::Encoding;
+use lmforge_models::bert::{
+    BertForMaskedLm, BertForPreTraining, BertForSequenceClassification, BertForTokenClassification,
+    BertInput,
+};
+use lmforge_models::gpt::Gpt;
+use lmforge_models::lstm_lm::LstmLm;
+use lmforge_objectives::causal_lm::causal_lm_loss;
+use lmforge_objectives::classification::{
+    next_sentence_loss, sequence_classification_loss, token_classification_loss,
+};
+use lmforge_objectives::masked_lm::{MaskingConfig, masked_lm_loss};
+use lmforge_objectives::{CrossEntropy, IGNORE_INDEX};
+use rand::Rng;
+
+use crate::task::{StepContext, StepOutput, Task, TaskError};
+
+/// A model that maps token ids to next-token logits.
+pub trait CausalLm: burn::module::Module {
+    /// Logits `[batch_size, seq_length, vocab_size]` for `tokens` `[batch_size, seq_length]`;
+    /// `mask_pad` is `true` at (trailing) padding.
+    fn causal_logits(&self, tokens: Tensor<2, Int>, mask_pad: Option<Tensor<2, Bool>>)
+    -> Tensor<3>;
+}
+
+impl CausalLm for Gpt {
+    fn causal_logits(
+        &self,
+        tokens: Tensor<2, Int>,
+        mask_pad: Option<Tensor<2, Bool>>,
+    ) -> Tensor<3> {
+        self.forward(tokens, mask_pad)
+    }
+}
+
+impl CausalLm for LstmLm {
+    /// Each batch starts from a zero state; trailing padding cannot influence earlier steps.
+    fn causal_logits(
+        &self,
+        tokens: Tensor<2, Int>,
+        _mask_pad: Option<Tensor<2, Bool>>,
+    ) -> Tensor<3> {
+        self.forward(tokens, None).0
+    }
+}
+
+/// Next-token prediction on rows of token ids (e.g. the blocks of
+/// [`LmBlocksConfig`](lmforge_data::dataset::lm_blocks::LmBlocksConfig)); rows shorter than the longest
+/// are padded with `pad_id` and the padding is neither attended to nor predicted.
+#[derive(Clone, Debug)]
+pub struct CausalLmTask {
+    /// The padding id.
+    pub pad_id: u32,
+    /// The loss (ignore index, label smoothing).
+    pub loss: CrossEntropy,
+}
+
+impl CausalLmTask {
+    /// Plain cross-entropy; `pad_id` pads short rows.
+    pub fn new(pad_id: u32) -> Self {
+        Self {
+            pad_id,
+            loss: CrossEntropy::new(),
+        }
+    }
+}
+
+impl<M: CausalLm> Task<M> for CausalLmTask {
+    type Item = Vec<u32>;
+
+    fn step(
+        &self,
+        model: &M,
+        items: &[Vec<u32>],
+        context: &mut StepContext<'_>,
+    ) -> Result<StepOutput, TaskError> {
+        let seq_length = items.iter().map(Vec::len).max().unwrap_or(0);
+        if seq_length < 2 {
+            return Err("causal LM rows need at least 2 tokens".into());
+        }
+        let batch_size = items.len();
+        let mut ids = vec![i64::from(self.pad_id); batch_size * seq_length];
+        let mut targets = vec![IGNORE_INDEX; batch_size * seq_length];
+        let mut padding = vec![true; batch_size * seq_length];
+        for (b, row) in items.iter().enumerate() {
+            for (t, &id) in row.iter().enumerate() {
+                ids[b * seq_length + t] = i64::from(id);
+                targets[b * seq_length + t] = i64::from(id);
+                padding[b * seq_length + t] = false;
+            }
+        }
+        let shape = [batch_size, seq_length];
+        let device = context.device;
+        let padded = items.iter().any(|r| r.len() < seq_length);
+        let tokens = Tensor::from_data(TensorData::new(ids, shape), device);
+        let mask_pad = padded.then(|| Tensor::from_data(TensorData::new(padding, shape), device));
+        let logits = model.causal_logits(tokens, mask_pad);
+        let targets = Tensor::from_data(TensorData::new(targets, shape), device);
+        let n_tokens = items.iter().map(Vec::len).sum();
+        Ok(StepOutput::from_loss(
+            causal_lm_loss(logits, targets, &self.loss),
+            n_tokens,
+        ))
+    }
+}
+
+/// Number of arg-max predictions of `logits` (classes on the last axis) equal to `labels`;
+/// ignored labels (negative) never count.
+fn correct<const D: usize, const L: usize>(
+    logits: Tensor<D>,
+    labels: Tensor<L, Int>,
+) -> Tensor<1, Int> {
+    let predicted: Tensor<L, Int> = logits.argmax(D - 1).squeeze_dim(D - 1);
+    predicted.equal(labels).int().sum()
+}
+
+fn rows_u32(rows: &PaddedRows) -> Vec<Vec<u32>> {
+    rows.ids
+        .chunks(rows.seq_length.max(1))
+        .map(|row| row.iter().map(|&id| id as u32).collect())
+        .collect()
+}
+
+fn padded_word_ids(items: &[Encoding], seq_length: usize) -> Vec<Vec<Option<u32>>> {
+    items
+        .iter()
+        .map(|e| {
+            let mut w: Vec<Option<u32>> = e.word_ids.iter().copied().take(seq_length).collect();
+            w.resize(seq_length, None);
+            w
+        })
+        .collect()
+}
+
+/// Masked-LM: each batch is masked afresh (BERT's 80/10/10 scheme, seeded from the run) and
+/// the model predicts the original tokens. Counts masked-token accuracy.
+#[derive(Clone, Debug)]
+pub struct MaskedLmTask {
+    /// Pads (and truncates) the batch.
+    pub batcher: Batcher,
+    /// How tokens are chosen and replaced.
+    pub masking: MaskingConfig,
+    /// The loss.
+    pub loss: CrossEntropy,
+}
+
+impl MaskedLmTask {
+    /// A task with plain cross-entropy.
+    pub fn new(batcher: Batcher, masking: MaskingConfig) -> Self {
+        Self {
+            batcher,
+            masking,
+            loss: CrossEntropy::new(),
+        }
+    }
+
+    fn masked_input(
+        &self,
+        items: &[Encoding],
+        context: &mut StepContext<'_>,
+    ) -> Result<(BertInput, Tensor<2, Int>, usize), TaskError> {
+        let rows = self.batcher.pad(items)?;
+        let mut masker = self.masking.init(context.rng.random())?;
+        let word_ids = self
+            .masking
+            .whole_word
+            .then(|| padded_word_ids(items, rows.seq_length));
+        let masked = masker.mask(&rows_u32(&rows), word_ids.as_deref())?;
+        let (input_ids, labels) = masked.to_tensors(context.device);
+        let batch = rows.to_batch(context.device);
+        let input = BertInput::new(input_ids)
+            .with_token_types(batch.type_ids)
+            .with_mask_pad(batch.padding_mask);
+        Ok((input, labels, batch.lengths.iter().sum()))
+    }
+}
+
+impl Task<BertForMaskedLm> for MaskedLmTask {
+    type Item = Encoding;
+
+    fn step(
+        &self,
+        model: &BertForMaskedLm,
+        items: &[Encoding],
+        context: &mut StepContext<'_>,
+    ) -> Result<StepOutput, TaskError> {
+        let (input, labels, tokens) = self.masked_input(items, context)?;
+        let logits = model.forward(input).logits;
+        let hits = correct(logits.clone().detach(), labels.clone());
+        let loss = masked_lm_loss(logits, labels, &self.loss);
+        Ok(StepOutput::from_loss(loss, tokens).with_correct(hits))
+    }
+}
+
+/// BERT pre-training: masked LM plus next-sentence prediction on sentence pairs labelled
+/// 0 (is next) or 1 (random). The loss is the sum of both; the evaluation numbers (loss,
+/// perplexity, accuracy) are the masked LM's.
+impl Task<BertForPreTraining> for MaskedLmTask {
+    type Item = (Encoding, i64);
+
+    fn step(
+        &self,
+        model: &BertForPreTraining,
+        items: &[(Encoding, i64)],
+        context: &mut StepContext<'_>,
+    ) -> Result<StepOutput, TaskError> {
+        let encodings: Vec<Encoding> = items.iter().map(|(e, _)| e.clone()).collect();
+        let labels: Vec<i64> = items.iter().map(|(_, l)| *l).collect();
+        let (input, mlm_labels, tokens) = self.masked_input(&encodings, context)?;
+        let out = model.forward(input);
+        let hits = correct(out.mlm_logits.clone().detach(), mlm_labels.clone());
+        let mlm = masked_lm_loss(out.mlm_logits, mlm_labels, &self.loss);
+        let nsp_labels = Tensor::from_data(TensorData::new(labels, [items.len()]), context.device);
+        let nsp = next_sentence_loss(out.nsp_logits, nsp_labels, &self.loss);
+        let mut output = StepOutput::from_loss(mlm, tokens).with_correct(hits);
+        output.loss = output.loss + nsp.loss;
+        Ok(output)
+    }
+}
+
+/// Sequence classification on `(encoding, label)` pairs; counts accuracy.
+#[derive(Clone, Debug)]
+pub struct SequenceClassificationTask {
+    /// Pads (and truncates) the batch.
+    pub batcher: Batcher,
+    /// The loss.
+    pub loss: CrossEntropy,
+}
+
+impl SequenceClassificationTask {
+    /// A task with plain cross-entropy.
+    pub fn new(batcher: Batcher) -> Self {
+        Self {
+            batcher,
+            loss: CrossEntropy::new(),
+        }
+    }
+}
+
+impl Task<BertForSequenceClassification> for SequenceClassificationTask {
+    type Item = (Encoding, i64);
+
+    fn step(
+        &self,
+        model: &BertForSequenceClassification,
+        items: &[(Encoding, i64)],
+        context: &mut StepContext<'_>,
+    ) -> Result<StepOutput, TaskError> {
+        let encodings: Vec<Encoding> = items.iter().map(|(e, _)| e.clone()).collect();
+        let batch = self.batcher.batch(&encodings, context.device)?;
+        let labels: Vec<i64> = items.iter().map(|(_, l)| *l).collect();
+        let labels = Tensor::from_data(TensorData::new(labels, [items.len()]), context.device);
+        let tokens = batch.lengths.iter().sum();
+        let input = BertInput::new(batch.input_ids)
+            .with_token_types(batch.type_ids)
+            .with_mask_pad(batch.padding_mask);
+        let logits = model.forward(input).logits;
+        let hits = correct(logits.clone().detach(), labels.clone());
+        let loss = sequence_classification_loss(logits, labels, &self.loss);
+        Ok(StepOutput::from_loss(loss, tokens).with_correct(hits))
+    }
+}
+
+/// Token classification (NER) on sub-word-aligned examples; counts token accuracy over the
+/// labelled positions (entity F1 is computed from predictions, see the `bert_ner` example).
+#[derive(Clone, Debug)]
+pub struct TokenClassificationTask {
+    /// Pads (and truncates) the batch.
+    pub batcher: Batcher,
+    /// The loss.
+    pub loss: CrossEntropy,
+}
+
+impl TokenClassificationTask {
+    /// A task with plain cross-entropy.
+    pub fn new(batcher: Batcher) -> Self {
+        Self {
+            batcher,
+            loss: CrossEntropy::new(),
+        }
+    }
+}
+
+impl Task<BertForTokenClassification> for TokenClassificationTask {
+    type Item = AlignedExample;
+
+    fn step(
+        &self,
+        model: &BertForTokenClassification,
+        items: &[AlignedExample],
+        context: &mut StepContext<'_>,
+    ) -> Result<StepOutput, TaskError> {
+        let (batch, labels) = self.batcher.batch_token_labels(items, context.device)?;
+        let tokens = batch.lengths.iter().sum();
+        let input = BertInput::new(batch.input_ids)
+            .with_token_types(batch.type_ids)
+            .with_mask_pad(batch.padding_mask);
+        let logits = model.forward(input).logits;
+        let hits = correct(logits.clone().detach(), labels.clone());
+        let loss = token_classification_loss(logits, labels, &self.loss);
+        Ok(StepOutput::from_loss(loss, tokens).with_correct(hits))
+    }
+}
