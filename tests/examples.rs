@@ -1,5 +1,9 @@
 //! Each training example runs end to end with a tiny setting (through its own command-line
 //! parser) and its training loss falls.
+//!
+//! Each example includes `examples/common/mod.rs` as its own module, so this binary holds
+//! several copies of it.
+#![allow(clippy::duplicate_mod)]
 
 #[allow(dead_code)]
 #[path = "../examples/bert_classify/main.rs"]

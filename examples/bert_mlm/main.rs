@@ -85,6 +85,9 @@ pub struct Args {
     pub quiet: bool,
 }
 
+/// A sentence to fill in, with the five most likely tokens and their probabilities.
+pub type Prediction = (String, Vec<(String, f32)>);
+
 /// What a run measured.
 pub struct Summary {
     /// Mean training loss of the first logged window.
@@ -94,7 +97,7 @@ pub struct Summary {
     /// Masked-token accuracy on the held-out sentences.
     pub valid_accuracy: f64,
     /// For each sentence to fill in: the five most likely tokens and their probabilities.
-    pub predictions: Vec<(String, Vec<(String, f32)>)>,
+    pub predictions: Vec<Prediction>,
 }
 
 const DEFAULT_PROMPTS: [&str; 5] = [
@@ -274,7 +277,7 @@ fn predict(
     sentences: &[String],
     device: &burn::tensor::Device,
     logits: impl Fn(BertInput) -> Tensor<3>,
-) -> Result<Vec<(String, Vec<(String, f32)>)>> {
+) -> Result<Vec<Prediction>> {
     let device = device.clone().without_autodiff();
     let mask = tokenizer.special_tokens().mask.context("no [MASK]")?;
     let mut out = Vec::new();

@@ -177,7 +177,7 @@ pub fn run(args: &Args) -> Result<Summary> {
     // samples can be longer than the context window.
     let mut text_ids = prompt;
     let mut sampled = Vec::new();
-    let window = (args.context + 1) / 2;
+    let window = args.context.div_ceil(2);
     while sampled.len() < args.sample_len {
         let start = text_ids.len().saturating_sub(window);
         let context = text_ids[start..].to_vec();

@@ -482,7 +482,7 @@ impl Trainer {
             window_steps += 1;
 
             let last = state.step == config.steps;
-            if state.step % config.log_every == 0 || last {
+            if state.step.is_multiple_of(config.log_every) || last {
                 let seconds = window_start.elapsed().as_secs_f64().max(1e-9);
                 let record = Record::Train {
                     step: state.step,
@@ -498,7 +498,8 @@ impl Trainer {
                 window_start = Instant::now();
             }
 
-            let eval_due = (config.eval_every > 0 && state.step % config.eval_every == 0) || last;
+            let eval_due =
+                (config.eval_every > 0 && state.step.is_multiple_of(config.eval_every)) || last;
             if let (true, Some(valid)) = (eval_due, valid) {
                 let evaluation = evaluate_at(&model, task, valid, config.eval_batches, state.step)?;
                 let record = Record::Eval {
@@ -544,7 +545,7 @@ impl Trainer {
             }
 
             let checkpoint_due =
-                config.checkpoint_every > 0 && state.step % config.checkpoint_every == 0;
+                config.checkpoint_every > 0 && state.step.is_multiple_of(config.checkpoint_every);
             if let Some(path) = self.file(files::CHECKPOINT)
                 && (checkpoint_due || last || stopped_early)
             {
