@@ -3,7 +3,7 @@
 //! sentences.
 //!
 //! ```sh
-//! cargo run --release --example bert_mlm                      # built-in corpus, ~2 minutes
+//! cargo run --release --example bert_mlm                      # built-in corpus, ~3 minutes
 //! cargo run --release --example bert_mlm -- --data my.txt --steps 3000 --out runs/mlm
 //! cargo run --release --example bert_mlm -- --nsp             # MLM + next-sentence prediction
 //! ```
@@ -39,7 +39,7 @@ pub struct Args {
     #[arg(long)]
     pub device: Option<String>,
     /// Optimizer steps.
-    #[arg(long, default_value_t = 800)]
+    #[arg(long, default_value_t = 2000)]
     pub steps: usize,
     /// Sentences per step.
     #[arg(long, default_value_t = 32)]
@@ -59,8 +59,11 @@ pub struct Args {
     /// Attention heads.
     #[arg(long, default_value_t = 4)]
     pub heads: usize,
+    /// Dropout (hidden and attention).
+    #[arg(long, default_value_t = 0.0)]
+    pub dropout: f64,
     /// Peak learning rate (warmup, then linear decay).
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = 2e-3)]
     pub lr: f64,
     /// Also train next-sentence prediction on sentence pairs.
     #[arg(long)]
@@ -101,11 +104,11 @@ pub struct Summary {
 }
 
 const DEFAULT_PROMPTS: [&str; 5] = [
-    "paris is the capital of [MASK] .",
+    "the capital of france is [MASK] .",
     "the dog [MASK] .",
-    "cows like to eat [MASK] .",
+    "cows eat [MASK] .",
     "everyone knows that snow is [MASK] .",
-    "three plus one is [MASK] .",
+    "after three comes [MASK] .",
 ];
 
 /// Documents of sentences: blank lines separate documents in a file; the built-in corpus is
@@ -177,8 +180,8 @@ pub fn run(args: &Args) -> Result<Summary> {
         .with_n_heads(args.heads)
         .with_d_ff(4 * args.d_model)
         .with_max_seq_length(args.max_length.max(64))
-        .with_dropout(0.1)
-        .with_attention_dropout(0.1);
+        .with_dropout(args.dropout)
+        .with_attention_dropout(args.dropout);
     let trainer_config = TrainerConfig::new(
         args.steps,
         Schedule::warmup_linear(args.lr, args.steps / 10),

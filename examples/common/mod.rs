@@ -76,7 +76,7 @@ const OPENERS: [&str; 6] = [
     "we learned that ",
 ];
 
-/// `n` sentences stating simple facts (capitals, animal sounds and foods, colours, sums),
+/// `n` sentences stating simple facts (capitals, animal sounds and foods, colours, counting),
 /// each with an optional opener; a model that learns the corpus can fill in the facts.
 pub fn facts_corpus(n: usize, seed: u64) -> Vec<String> {
     let mut rng = StdRng::seed_from_u64(seed);
@@ -86,7 +86,7 @@ pub fn facts_corpus(n: usize, seed: u64) -> Vec<String> {
             let fact = match rng.random_range(0..5) {
                 0 => {
                     let (city, country) = CAPITALS.choose(&mut rng).expect("not empty");
-                    format!("{city} is the capital of {country}")
+                    format!("the capital of {country} is {city}")
                 }
                 1 => {
                     let (animal, sound) = SOUNDS.choose(&mut rng).expect("not empty");
@@ -94,7 +94,7 @@ pub fn facts_corpus(n: usize, seed: u64) -> Vec<String> {
                 }
                 2 => {
                     let (animals, food) = FOODS.choose(&mut rng).expect("not empty");
-                    format!("{animals} like to eat {food}")
+                    format!("{animals} eat {food}")
                 }
                 3 => {
                     let (thing, colour) = COLOURS.choose(&mut rng).expect("not empty");
@@ -102,7 +102,7 @@ pub fn facts_corpus(n: usize, seed: u64) -> Vec<String> {
                 }
                 _ => {
                     let a = rng.random_range(0..10);
-                    format!("{} plus one is {}", NUMBERS[a], NUMBERS[a + 1])
+                    format!("after {} comes {}", NUMBERS[a], NUMBERS[a + 1])
                 }
             };
             format!("{opener}{fact} .")

@@ -33,7 +33,7 @@ pub struct Args {
     #[arg(long)]
     pub device: Option<String>,
     /// Optimizer steps.
-    #[arg(long, default_value_t = 600)]
+    #[arg(long, default_value_t = 400)]
     pub steps: usize,
     /// Sequences per step.
     #[arg(long, default_value_t = 16)]

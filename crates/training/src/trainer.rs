@@ -429,9 +429,10 @@ impl Trainer {
         let mut stopped_early = false;
         let started = Instant::now() - std::time::Duration::from_secs_f64(state.elapsed_s);
         let (mut window_loss, mut window_steps, mut window_tokens) = (0.0, 0usize, 0usize);
-        let mut window_start = Instant::now();
+        let mut window_seconds = 0.0;
 
         while state.step < config.steps {
+            let step_start = Instant::now();
             let lr = config.schedule.lr(state.step, config.steps);
             let mut accumulator = GradientsAccumulator::<M>::new();
             let mut step_loss = 0.0;
@@ -478,12 +479,14 @@ impl Trainer {
             let rates = config.optimizer.learning_rates(&model, lr)?;
             model = optimizer.step(rates, model, grads);
             state.step += 1;
+            window_seconds += step_start.elapsed().as_secs_f64();
             window_loss += step_loss;
             window_steps += 1;
 
             let last = state.step == config.steps;
             if state.step.is_multiple_of(config.log_every) || last {
-                let seconds = window_start.elapsed().as_secs_f64().max(1e-9);
+                // Throughput counts training time only, not evaluations or checkpoints.
+                let seconds = f64::max(window_seconds, 1e-9);
                 let record = Record::Train {
                     step: state.step,
                     loss: window_loss / window_steps as f64,
@@ -494,8 +497,7 @@ impl Trainer {
                 };
                 logger.record(&record)?;
                 state.history.push(record);
-                (window_loss, window_steps, window_tokens) = (0.0, 0, 0);
-                window_start = Instant::now();
+                (window_loss, window_steps, window_tokens, window_seconds) = (0.0, 0, 0, 0.0);
             }
 
             let eval_due =
