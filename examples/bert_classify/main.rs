@@ -191,6 +191,7 @@ pub fn run(args: &Args) -> Result<Summary> {
     .with_optimizer(optimizer)
     .with_max_grad_norm(1.0)
     .with_eval(args.eval_every, None)
+    .with_checkpoint_every(args.eval_every)
     .with_monitor(Monitor::Accuracy)
     .with_keep_best(true)
     .with_log_every((args.steps / 20).max(1))

@@ -188,6 +188,7 @@ pub fn run(args: &Args) -> Result<Summary> {
     )
     .with_max_grad_norm(1.0)
     .with_eval((args.steps / 4).max(1), Some(10))
+    .with_checkpoint_every((args.steps / 4).max(1))
     .with_log_every((args.steps / 20).max(1))
     .with_seed(args.seed)
     .with_progress(if args.quiet {

@@ -176,6 +176,7 @@ pub fn run(args: &Args) -> Result<Summary> {
         .with_optimizer(optimizer)
         .with_max_grad_norm(args.clip)
         .with_eval(args.eval_every, None)
+        .with_checkpoint_every(args.eval_every)
         .with_keep_best(true)
         .with_log_every((args.steps / 20).max(1))
         .with_seed(args.seed)
