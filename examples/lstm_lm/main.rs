@@ -16,7 +16,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use lmforge::data::dataset::lm_blocks::{LmBlocksConfig, LmSplits};
 use lmforge::data::dataset::stream::LineEnd;
-use lmforge::data::tokenizer::{Tokenizer, WordTokenizer, WordVocabOptions};
+use lmforge::data::tokenizer::{Tokenizer, WordSplit, WordTokenizer, WordVocabOptions};
 use lmforge::models::lstm_lm::LstmLmConfig;
 use lmforge::training::tasks::CausalLmTask;
 use lmforge::training::{
@@ -95,6 +95,8 @@ pub struct Summary {
 fn load(args: &Args) -> Result<(WordTokenizer, LmSplits)> {
     let options = WordVocabOptions {
         special_tokens: vec!["<pad>".into(), "<unk>".into(), "<eos>".into()],
+        // Penn Treebank is pre-tokenized: words such as `<unk>` and `'s` stay whole.
+        split: WordSplit::Whitespace,
         ..Default::default()
     };
     let (texts, own_split) = match &args.data {

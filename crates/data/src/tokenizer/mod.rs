@@ -19,7 +19,7 @@ mod word;
 pub use self::char::CharTokenizer;
 pub use hf::{BpeTrainOptions, HfTokenizer, WordPieceTrainOptions};
 pub use normalize::Normalization;
-pub use word::{WordTokenizer, WordVocabOptions, split_words};
+pub use word::{WordSplit, WordTokenizer, WordVocabOptions, split_words};
 
 use serde::{Deserialize, Serialize};
 

@@ -23,6 +23,29 @@ pub struct WordVocabOptions {
     pub max_vocab_size: Option<usize>,
     /// Normalization applied before splitting. Default: none.
     pub normalization: Normalization,
+    /// How text is cut into words. Default: [`WordSplit::Punctuation`].
+    pub split: WordSplit,
+}
+
+/// How a [`WordTokenizer`] cuts text into words.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WordSplit {
+    /// [`split_words`]: runs of letters and digits, each punctuation character a word.
+    #[default]
+    Punctuation,
+    /// Only at whitespace, for pre-tokenized corpora such as Penn Treebank, whose words
+    /// (`<unk>`, `'s`, `a.m.`) contain punctuation.
+    Whitespace,
+}
+
+impl WordSplit {
+    /// The words of `text`.
+    pub fn words<'a>(&self, text: &'a str) -> Vec<&'a str> {
+        match self {
+            WordSplit::Punctuation => split_words(text),
+            WordSplit::Whitespace => text.split_whitespace().collect(),
+        }
+    }
 }
 
 impl Default for WordVocabOptions {
@@ -35,6 +58,7 @@ impl Default for WordVocabOptions {
             min_frequency: 1,
             max_vocab_size: None,
             normalization: Normalization::none(),
+            split: WordSplit::Punctuation,
         }
     }
 }
@@ -82,6 +106,7 @@ pub struct WordTokenizer {
     tokens: Vec<String>,
     n_special: usize,
     normalization: Normalization,
+    split: WordSplit,
     index: HashMap<String, u32>,
     specials: SpecialTokens,
 }
@@ -93,6 +118,8 @@ struct WordTokenizerFile {
     tokens: Vec<String>,
     #[serde(default)]
     normalization: Normalization,
+    #[serde(default)]
+    split: WordSplit,
 }
 
 impl TryFrom<WordTokenizerFile> for WordTokenizer {
@@ -101,7 +128,12 @@ impl TryFrom<WordTokenizerFile> for WordTokenizer {
         if file.kind != "word" || file.n_special > file.tokens.len() {
             return Err("not a saved word tokenizer".to_string());
         }
-        Ok(Self::build(file.tokens, file.n_special, file.normalization))
+        Ok(Self::build(
+            file.tokens,
+            file.n_special,
+            file.normalization,
+            file.split,
+        ))
     }
 }
 
@@ -112,6 +144,7 @@ impl From<WordTokenizer> for WordTokenizerFile {
             n_special: t.n_special,
             tokens: t.tokens,
             normalization: t.normalization,
+            split: t.split,
         }
     }
 }
@@ -143,7 +176,7 @@ impl WordTokenizer {
         let mut counts: HashMap<String, usize> = HashMap::new();
         for text in texts {
             let text = options.normalization.apply(text);
-            for word in split_words(&text) {
+            for word in options.split.words(&text) {
                 *counts.entry(word.to_string()).or_default() += 1;
             }
         }
@@ -166,12 +199,17 @@ impl WordTokenizer {
             .cloned()
             .chain(words.into_iter().map(|(w, _)| w))
             .collect();
-        let mut tok = Self::build(tokens, n_special, options.normalization);
+        let mut tok = Self::build(tokens, n_special, options.normalization, options.split);
         tok.specials.unk = tok.index.get(&options.unk_token).copied();
         Ok(tok)
     }
 
-    fn build(tokens: Vec<String>, n_special: usize, normalization: Normalization) -> Self {
+    fn build(
+        tokens: Vec<String>,
+        n_special: usize,
+        normalization: Normalization,
+        split: WordSplit,
+    ) -> Self {
         let mut specials = SpecialTokens::default();
         for (i, name) in tokens[..n_special].iter().enumerate() {
             assign_role(&mut specials, name, i as u32);
@@ -185,6 +223,7 @@ impl WordTokenizer {
             tokens,
             n_special,
             normalization,
+            split,
             index,
             specials,
         }
@@ -212,7 +251,7 @@ impl Tokenizer for WordTokenizer {
     fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Encoding, DataError> {
         let text = self.normalization.apply(text);
         let mut encoding = Encoding::default();
-        for (w, word) in split_words(&text).into_iter().enumerate() {
+        for (w, word) in self.split.words(&text).into_iter().enumerate() {
             let id = match (self.index.get(word), self.specials.unk) {
                 (Some(&id), _) | (None, Some(id)) => id,
                 (None, None) => {
@@ -316,5 +355,30 @@ mod tests {
             ..Default::default()
         };
         assert!(WordTokenizer::train(["a b"], &rare).is_err());
+    }
+
+    /// Whitespace splitting keeps pre-tokenized words whole, and a literal `<unk>` in the
+    /// text maps to the unknown token.
+    #[test]
+    fn whitespace_split_keeps_words_with_punctuation() {
+        let options = WordVocabOptions {
+            split: WordSplit::Whitespace,
+            ..Default::default()
+        };
+        let tok = WordTokenizer::train([" the <unk> 's a.m. ", "the 's"], &options).unwrap();
+        let ids = tok.encode("the <unk> 's a.m. zebra", false).unwrap().ids;
+        assert_eq!(ids.len(), 5);
+        let unk = tok.special_tokens().unk.unwrap();
+        assert_eq!(ids[1], unk);
+        assert_eq!(ids[4], unk);
+        assert_eq!(tok.decode(&ids, false).unwrap(), "the <unk> 's a.m. <unk>");
+        let punct = WordTokenizer::train(["the 's"], &WordVocabOptions::default()).unwrap();
+        assert_eq!(punct.encode("the 's", false).unwrap().ids.len(), 3);
+        // The split survives saving.
+        let path = std::env::temp_dir().join(format!("lmforge-ws-{}.json", std::process::id()));
+        tok.save(&path).unwrap();
+        let back = WordTokenizer::load(&path).unwrap();
+        assert_eq!(back.encode("a.m.", false).unwrap().ids.len(), 1);
+        let _ = std::fs::remove_file(path);
     }
 }
