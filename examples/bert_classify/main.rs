@@ -22,9 +22,7 @@ use lmforge::data::tokenizer::{Encoding, Tokenizer};
 use lmforge::models::bert::BertForSequenceClassification;
 use lmforge::training::params::{embeddings_pattern, first_blocks_pattern, freeze_matching};
 use lmforge::training::tasks::SequenceClassificationTask;
-use lmforge::training::{
-    Batches, Monitor, OptimizerConfig, Progress, Schedule, Trainer, TrainerConfig, evaluate, files,
-};
+use lmforge::training::{Batches, Monitor, OptimizerConfig, Schedule, TrainerConfig, evaluate};
 
 /// Fine-tune BERT for sentence classification.
 #[derive(Parser, Debug, Clone)]
@@ -195,19 +193,8 @@ pub fn run(args: &Args) -> Result<Summary> {
     .with_monitor(Monitor::Accuracy)
     .with_keep_best(true)
     .with_log_every((args.steps / 20).max(1))
-    .with_seed(args.seed)
-    .with_progress(if args.quiet {
-        Progress::Silent
-    } else {
-        Progress::Auto
-    });
-    let mut trainer = Trainer::new(config);
-    if let Some(out) = &args.out {
-        trainer = trainer.with_output_dir(out);
-        if args.resume {
-            trainer = trainer.resume_from(out.join(files::CHECKPOINT));
-        }
-    }
+    .with_seed(args.seed);
+    let trainer = common::trainer(config, args.out.as_deref(), args.resume, args.quiet);
     let out = trainer.fit(model, &task, &train, Some(&dev))?;
     let (first_loss, last_loss) = common::loss_trend(&out.history)?;
     let model = out.best_model.unwrap_or(out.model);

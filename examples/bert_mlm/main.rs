@@ -24,9 +24,7 @@ use lmforge::data::tokenizer::{Encoding, HfTokenizer, Tokenizer, WordPieceTrainO
 use lmforge::models::bert::{BertConfig, BertInput};
 use lmforge::objectives::masked_lm::MaskingConfig;
 use lmforge::training::tasks::MaskedLmTask;
-use lmforge::training::{
-    Batches, Evaluation, Progress, Schedule, TrainOutput, Trainer, TrainerConfig, files,
-};
+use lmforge::training::{Batches, Evaluation, Schedule, TrainOutput, TrainerConfig};
 
 /// Pre-train a small BERT with masked-language modelling.
 #[derive(Parser, Debug, Clone)]
@@ -190,19 +188,8 @@ pub fn run(args: &Args) -> Result<Summary> {
     .with_eval((args.steps / 4).max(1), Some(10))
     .with_checkpoint_every((args.steps / 4).max(1))
     .with_log_every((args.steps / 20).max(1))
-    .with_seed(args.seed)
-    .with_progress(if args.quiet {
-        Progress::Silent
-    } else {
-        Progress::Auto
-    });
-    let mut trainer = Trainer::new(trainer_config);
-    if let Some(out) = &args.out {
-        trainer = trainer.with_output_dir(out);
-        if args.resume {
-            trainer = trainer.resume_from(out.join(files::CHECKPOINT));
-        }
-    }
+    .with_seed(args.seed);
+    let trainer = common::trainer(trainer_config, args.out.as_deref(), args.resume, args.quiet);
     device.seed(args.seed);
 
     // Hold out one sentence in twenty for evaluation.

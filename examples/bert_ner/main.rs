@@ -23,9 +23,7 @@ use lmforge::data::tokenizer::Tokenizer;
 use lmforge::models::bert::{BertForTokenClassification, BertInput};
 use lmforge::objectives::metrics::EntityF1;
 use lmforge::training::tasks::TokenClassificationTask;
-use lmforge::training::{
-    Batches, OptimizerConfig, Progress, Schedule, Trainer, TrainerConfig, files,
-};
+use lmforge::training::{Batches, OptimizerConfig, Schedule, TrainerConfig};
 
 /// Train BERT token classification and report entity F1.
 #[derive(Parser, Debug, Clone)]
@@ -214,19 +212,8 @@ pub fn run(args: &Args) -> Result<Summary> {
     .with_eval(args.eval_every, None)
     .with_checkpoint_every(args.eval_every)
     .with_log_every((args.steps / 20).max(1))
-    .with_seed(args.seed)
-    .with_progress(if args.quiet {
-        Progress::Silent
-    } else {
-        Progress::Auto
-    });
-    let mut trainer = Trainer::new(config);
-    if let Some(out) = &args.out {
-        trainer = trainer.with_output_dir(out);
-        if args.resume {
-            trainer = trainer.resume_from(out.join(files::CHECKPOINT));
-        }
-    }
+    .with_seed(args.seed);
+    let trainer = common::trainer(config, args.out.as_deref(), args.resume, args.quiet);
     let out = trainer.fit(model, &task, &train_batches, Some(&dev_batches))?;
     let (first_loss, last_loss) = common::loss_trend(&out.history)?;
     let f1 = entity_f1(&out.model, &task.batcher, &test_x, &test, &labels, &device)?;

@@ -19,6 +19,31 @@ pub fn training_device(name: Option<&str>, quiet: bool) -> Result<Device> {
     Ok(selected.device.autodiff())
 }
 
+/// The trainer every example uses: `config` with a progress display unless `quiet`, writing
+/// its run files into `out` when given and, with `resume`, continuing from
+/// `out/checkpoint.lmf`.
+pub fn trainer(
+    config: lmforge::training::TrainerConfig,
+    out: Option<&std::path::Path>,
+    resume: bool,
+    quiet: bool,
+) -> lmforge::training::Trainer {
+    use lmforge::training::{Progress, Trainer, files};
+    let progress = if quiet {
+        Progress::Silent
+    } else {
+        Progress::Auto
+    };
+    let mut trainer = Trainer::new(config.with_progress(progress));
+    if let Some(out) = out {
+        trainer = trainer.with_output_dir(out);
+        if resume {
+            trainer = trainer.resume_from(out.join(files::CHECKPOINT));
+        }
+    }
+    trainer
+}
+
 /// Reads a text file, naming it in the error.
 pub fn read_text(path: &std::path::Path) -> Result<String> {
     std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))

@@ -19,9 +19,7 @@ use lmforge::data::tokenizer::{CharTokenizer, Tokenizer};
 use lmforge::models::generate::{GenerationConfig, generate};
 use lmforge::models::gpt::GptConfig;
 use lmforge::training::tasks::CausalLmTask;
-use lmforge::training::{
-    Batches, Progress, Schedule, Trainer, TrainerConfig, evaluate, files, load_checkpoint_model,
-};
+use lmforge::training::{Batches, Schedule, TrainerConfig, evaluate, load_checkpoint_model};
 
 /// Train a character-level GPT and sample from it.
 #[derive(Parser, Debug, Clone)]
@@ -147,19 +145,8 @@ pub fn run(args: &Args) -> Result<Summary> {
         .with_eval(args.eval_every, Some(20))
         .with_checkpoint_every(args.eval_every)
         .with_log_every((args.steps / 20).max(1))
-        .with_seed(args.seed)
-        .with_progress(if args.quiet {
-            Progress::Silent
-        } else {
-            Progress::Auto
-        });
-        let mut trainer = Trainer::new(trainer_config);
-        if let Some(out) = &args.out {
-            trainer = trainer.with_output_dir(out);
-            if args.resume {
-                trainer = trainer.resume_from(out.join(files::CHECKPOINT));
-            }
-        }
+        .with_seed(args.seed);
+        let trainer = common::trainer(trainer_config, args.out.as_deref(), args.resume, args.quiet);
         let out = trainer.fit(model, &task, &train, Some(&valid))?;
         model = out.model;
         common::loss_trend(&out.history)?

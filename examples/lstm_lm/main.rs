@@ -19,9 +19,7 @@ use lmforge::data::dataset::stream::LineEnd;
 use lmforge::data::tokenizer::{Tokenizer, WordSplit, WordTokenizer, WordVocabOptions};
 use lmforge::models::lstm_lm::LstmLmConfig;
 use lmforge::training::tasks::CausalLmTask;
-use lmforge::training::{
-    Batches, OptimizerConfig, Progress, Schedule, Trainer, TrainerConfig, evaluate, files,
-};
+use lmforge::training::{Batches, OptimizerConfig, Schedule, TrainerConfig, evaluate};
 
 /// Train a word-level LSTM language model and report perplexity.
 #[derive(Parser, Debug, Clone)]
@@ -181,19 +179,8 @@ pub fn run(args: &Args) -> Result<Summary> {
         .with_checkpoint_every(args.eval_every)
         .with_keep_best(true)
         .with_log_every((args.steps / 20).max(1))
-        .with_seed(args.seed)
-        .with_progress(if args.quiet {
-            Progress::Silent
-        } else {
-            Progress::Auto
-        });
-    let mut trainer = Trainer::new(config);
-    if let Some(out) = &args.out {
-        trainer = trainer.with_output_dir(out);
-        if args.resume {
-            trainer = trainer.resume_from(out.join(files::CHECKPOINT));
-        }
-    }
+        .with_seed(args.seed);
+    let trainer = common::trainer(config, args.out.as_deref(), args.resume, args.quiet);
     let out = trainer.fit(model, &task, &train, Some(&valid))?;
     let (first_loss, last_loss) = common::loss_trend(&out.history)?;
     let model = out.best_model.unwrap_or(out.model);
