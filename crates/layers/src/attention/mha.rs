@@ -6,7 +6,7 @@ use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
-use burn::tensor::{Bool, Device, Tensor, TensorData};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::cache::KvCache;
 use super::mask::attention_mask;
@@ -191,9 +191,49 @@ impl MultiHeadAttention {
         self.d_head
     }
 
-    /// Model width, `n_heads * d_head`.
+    /// Model width: the width of the query input and of the output. `n_heads * d_head`
+    /// unless heads were removed with [`Self::prune_heads`].
     pub fn d_model(&self) -> usize {
+        self.query.weight.dims()[0]
+    }
+
+    /// Width of the concatenated heads, `n_heads * d_head`.
+    pub fn d_inner(&self) -> usize {
         self.n_heads * self.d_head
+    }
+
+    /// Removes every head not in `keep` (head indices, in any order; each head at most once):
+    /// the query, key and value projections lose those heads' output columns and the output
+    /// projection their input rows, so the layer computes exactly what the full layer computes
+    /// with the removed heads' contributions masked out, with smaller matrices.
+    ///
+    /// # Errors
+    /// [`LayerError::InvalidConfig`] when `keep` is empty, repeats a head or names one that
+    /// does not exist.
+    pub fn prune_heads(&mut self, keep: &[usize]) -> Result<(), LayerError> {
+        let layer = "MultiHeadAttention::prune_heads";
+        check(!keep.is_empty(), layer, || "at least one head must stay".into())?;
+        let mut sorted = keep.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        check(sorted.len() == keep.len(), layer, || {
+            format!("a head is listed twice in {keep:?}")
+        })?;
+        check(sorted.iter().all(|&h| h < self.n_heads), layer, || {
+            format!("heads {keep:?}: the layer has {}", self.n_heads)
+        })?;
+        let columns: Vec<i64> = sorted
+            .iter()
+            .flat_map(|&h| (h * self.d_head..(h + 1) * self.d_head).map(|c| c as i64))
+            .collect();
+        let device = self.query.weight.device();
+        let index = Tensor::<1, Int>::from_data(TensorData::new(columns, [keep.len() * self.d_head]), &device);
+        for linear in [&mut self.query, &mut self.key, &mut self.value] {
+            select_outputs(linear, index.clone());
+        }
+        select_inputs(&mut self.output, index);
+        self.n_heads = sorted.len();
+        Ok(())
     }
 
     /// `[batch_size, seq, d_model]` -> `[batch_size, n_heads, seq, d_head]`.
@@ -350,7 +390,7 @@ impl MultiHeadAttention {
         };
         let context = context
             .swap_dims(1, 2)
-            .reshape([batch_size, seq_q, self.d_model()]);
+            .reshape([batch_size, seq_q, self.d_inner()]);
         AttentionOutput {
             context: self.output.forward(context),
             weights,
@@ -454,4 +494,28 @@ fn set_linear(linear: &mut Linear, weight: Tensor<2>, bias: Option<Tensor<1>>) {
     if let Some(bias) = bias {
         linear.bias = Some(Param::from_tensor(bias));
     }
+}
+
+/// Keeps the output features `index` of `linear` (weight columns and bias entries).
+pub(crate) fn select_outputs(linear: &mut Linear, index: Tensor<1, Int>) {
+    linear.weight = reshaped(&linear.weight, |w| w.select(1, index.clone()));
+    if let Some(bias) = &linear.bias {
+        linear.bias = Some(reshaped(bias, |b| b.select(0, index)));
+    }
+}
+
+/// Keeps the input features `index` of `linear` (weight rows).
+pub(crate) fn select_inputs(linear: &mut Linear, index: Tensor<1, Int>) {
+    linear.weight = reshaped(&linear.weight, |w| w.select(0, index));
+}
+
+/// A new parameter (a new id: optimizer state of the old shape does not apply) holding
+/// `f(value)`, requiring gradients as the old one did.
+fn reshaped<const D: usize>(
+    param: &Param<Tensor<D>>,
+    f: impl FnOnce(Tensor<D>) -> Tensor<D>,
+) -> Param<Tensor<D>> {
+    let value = param.val();
+    let require_grad = value.is_require_grad();
+    Param::from_tensor(f(value.detach())).set_require_grad(require_grad)
 }

@@ -271,3 +271,61 @@ fn parity_across_devices() {
             .grads("mha", &layer, &grads)
     });
 }
+
+/// The layer with heads 0 and 2 of 4 removed computes what the full layer computes when the
+/// removed heads' rows of the output projection are zero (their contribution masked out),
+/// with the cache too; the inner width shrinks and the model width does not.
+#[test]
+fn pruned_heads_equal_masked_heads() {
+    let full = mha(16, 4);
+    let x = input(2, 5, 16, 3);
+    let d_head = 4;
+    let mut masked = full.clone();
+    let rows: Vec<f32> = (0..16)
+        .map(|r| if [0, 2].contains(&(r / d_head)) { 0.0 } else { 1.0 })
+        .collect();
+    let row_mask = Tensor::<1>::from_data(TensorData::new(rows, [16]), reference_device())
+        .unsqueeze_dim::<2>(1);
+    masked.output.weight = masked.output.weight.clone().map(|w| w * row_mask);
+    let mut pruned = full.clone();
+    pruned.prune_heads(&[3, 1]).unwrap();
+    assert_eq!(
+        (pruned.n_heads(), pruned.d_inner(), pruned.d_model()),
+        (2, 8, 16)
+    );
+    assert_eq!(pruned.query.weight.dims(), [16, 8]);
+    assert_eq!(pruned.output.weight.dims(), [8, 16]);
+    let run = |layer: &MultiHeadAttention| {
+        layer
+            .forward(AttentionInput::self_attention(x.clone()).causal())
+            .context
+    };
+    let expected = run(&masked);
+    assert!(max_abs_diff(run(&pruned), expected.clone()) < 1e-5);
+    assert!(max_abs_diff(run(&full), expected.clone()) > 1e-2);
+    let mut cache = KvCache::default();
+    let cached = Tensor::cat(
+        (0..5)
+            .map(|t| {
+                let step = x.clone().slice([0..2, t..t + 1, 0..16]);
+                pruned
+                    .forward_cached(AttentionInput::self_attention(step).causal(), &mut cache)
+                    .context
+            })
+            .collect(),
+        1,
+    );
+    assert!(max_abs_diff(cached, expected) < 1e-5);
+}
+
+#[test]
+fn pruning_heads_checks_its_input() {
+    let mut layer = mha(16, 4);
+    for keep in [&[][..], &[1, 1], &[4]] {
+        assert!(matches!(
+            layer.prune_heads(keep),
+            Err(LayerError::InvalidConfig { .. })
+        ));
+    }
+    assert_eq!(layer.n_heads(), 4);
+}

@@ -4,8 +4,9 @@ use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::activation::{gelu, gelu_approximate, relu, silu};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 
+use crate::attention::{select_inputs, select_outputs};
 use crate::error::{LayerError, check};
 
 /// The non-linearity of a [`FeedForward`].
@@ -134,6 +135,44 @@ pub struct FeedForward {
 }
 
 impl FeedForward {
+    /// Hidden width, `d_ff`.
+    pub fn d_ff(&self) -> usize {
+        self.up.weight.dims()[1]
+    }
+
+    /// Removes every hidden unit not in `keep` (indices into `0..d_ff`, each at most once):
+    /// `up` (and `gate`) lose those output columns and `down` those input rows, so the layer
+    /// computes exactly what the full layer computes with those units' outputs zeroed.
+    ///
+    /// # Errors
+    /// [`LayerError::InvalidConfig`] when `keep` is empty, repeats a unit or names one that
+    /// does not exist.
+    pub fn prune_neurons(&mut self, keep: &[usize]) -> Result<(), LayerError> {
+        let layer = "FeedForward::prune_neurons";
+        let d_ff = self.d_ff();
+        check(!keep.is_empty(), layer, || "at least one unit must stay".into())?;
+        let mut sorted = keep.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        check(sorted.len() == keep.len(), layer, || {
+            "a unit is listed twice".into()
+        })?;
+        check(sorted.iter().all(|&u| u < d_ff), layer, || {
+            format!("a unit index is >= d_ff ({d_ff})")
+        })?;
+        let index: Vec<i64> = sorted.iter().map(|&u| u as i64).collect();
+        let index = Tensor::<1, Int>::from_data(
+            TensorData::new(index, [sorted.len()]),
+            &self.up.weight.device(),
+        );
+        select_outputs(&mut self.up, index.clone());
+        if let Some(gate) = &mut self.gate {
+            select_outputs(gate, index.clone());
+        }
+        select_inputs(&mut self.down, index);
+        Ok(())
+    }
+
     /// # Shapes
     /// - `x`: `[batch_size, seq_length, d_model]`
     /// - returns: `[batch_size, seq_length, d_model]`

@@ -173,3 +173,35 @@ fn parity_across_devices() {
             .grads("decoder", &decoder, &grads)
     });
 }
+
+/// Removing hidden units equals zeroing their rows of `down` (their outputs masked), for
+/// every activation (SwiGLU's gate shrinks with `up`).
+#[test]
+fn pruned_neurons_equal_masked_neurons() {
+    use crate::transformer::{FeedForwardActivation, FeedForwardConfig};
+    let x = input(2, 3, 8, 1);
+    for activation in [FeedForwardActivation::Gelu, FeedForwardActivation::SwiGlu] {
+        reference_device().seed(5);
+        let full = FeedForwardConfig::new(8, 12)
+            .with_activation(activation)
+            .with_init_std(0.3)
+            .init(reference_device())
+            .unwrap();
+        let keep = [0, 3, 4, 9, 11];
+        let rows: Vec<f32> = (0..12)
+            .map(|r| if keep.contains(&r) { 1.0 } else { 0.0 })
+            .collect();
+        let row_mask = Tensor::<1>::from_data(TensorData::new(rows, [12]), reference_device())
+            .unsqueeze_dim::<2>(1);
+        let mut masked = full.clone();
+        masked.down.weight = masked.down.weight.clone().map(|w| w * row_mask);
+        let mut pruned = full.clone();
+        pruned.prune_neurons(&keep).unwrap();
+        assert_eq!(pruned.d_ff(), 5);
+        let expected = masked.forward(x.clone());
+        assert!(max_abs_diff(pruned.forward(x.clone()), expected.clone()) < 1e-5);
+        assert!(max_abs_diff(full.forward(x.clone()), expected) > 1e-3);
+        assert!(pruned.clone().prune_neurons(&[5]).is_err());
+        assert!(pruned.prune_neurons(&[]).is_err());
+    }
+}
