@@ -73,6 +73,23 @@ pub trait Task<M>: Send + Sync {
         items: &[Self::Item],
         context: &mut StepContext<'_>,
     ) -> Result<StepOutput, TaskError>;
+
+    /// Constrains the model after `step` optimizer updates: the trainer calls it after every
+    /// update (step 1 after the first) and once when a run resumes (with the checkpoint's model
+    /// and step); the model it returns is trained on from then on, evaluated and checkpointed.
+    /// The default returns the model unchanged. Pruning uses it to hold removed weights at
+    /// exactly zero.
+    ///
+    /// It must be idempotent and depend only on the model and the step (nothing carried
+    /// between calls that a checkpoint would not restore), so that a resumed run continues
+    /// exactly.
+    ///
+    /// # Errors
+    /// Whatever makes the model unusable; the trainer stops and reports it with the step.
+    fn constrain(&self, model: M, step: usize) -> Result<M, TaskError> {
+        let _ = step;
+        Ok(model)
+    }
 }
 
 /// The error type of [`Task::step`]: any error, boxed.

@@ -405,6 +405,12 @@ impl Trainer {
             )?;
             state = checkpoint.state.clone();
             last_checkpoint = Some(path.clone());
+            model = task
+                .constrain(model, state.step)
+                .map_err(|source| TrainError::Task {
+                    step: state.step,
+                    source,
+                })?;
         }
         if let Some(path) = self.file(files::CONFIG) {
             let json = serde_json::to_vec_pretty(config).expect("the config serializes");
@@ -479,6 +485,16 @@ impl Trainer {
             let rates = config.optimizer.learning_rates(&model, lr)?;
             model = optimizer.step(rates, model, grads);
             state.step += 1;
+            model = match task.constrain(model, state.step) {
+                Ok(model) => model,
+                Err(source) => {
+                    logger.finish();
+                    return Err(TrainError::Task {
+                        step: state.step,
+                        source,
+                    });
+                }
+            };
             window_seconds += step_start.elapsed().as_secs_f64();
             window_loss += step_loss;
             window_steps += 1;

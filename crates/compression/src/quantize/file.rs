@@ -164,7 +164,10 @@ pub fn load<M: Module>(
             used += 2;
         } else {
             let view = file.tensor(&site.path).map_err(|_| {
-                mismatch(format!("`{}` {:?} is not in the file", site.path, site.shape))
+                mismatch(format!(
+                    "`{}` {:?} is not in the file",
+                    site.path, site.shape
+                ))
             })?;
             if view.dtype() != Dtype::F32 || view.shape() != site.shape.as_slice() {
                 return Err(mismatch(format!(
@@ -190,7 +193,9 @@ pub fn load<M: Module>(
             .find(|name| !known.iter().any(|k| k == name))
             .unwrap_or_default()
             .to_string();
-        return Err(mismatch(format!("`{extra}` is in the file but not in the model")));
+        return Err(mismatch(format!(
+            "`{extra}` is in the file but not in the model"
+        )));
     }
     let mut fill = Fill { values };
     let model = map_host(model, &mut fill);
@@ -212,8 +217,14 @@ fn read_quantized(
         .map_err(|e| format!("`{name}.qscales`: {e}"))?;
     let values = QuantizedTensor::unpack_values(values.data(), entry.scheme, numel)
         .map_err(|e| format!("`{name}.qvalues`: {e}"))?;
-    if values.iter().any(|&q| q as f32 > entry.scheme.q_max() || (q as f32) < -entry.scheme.q_max()) {
-        return Err(format!("`{name}.qvalues`: an integer outside ±{}", entry.scheme.q_max()));
+    if values
+        .iter()
+        .any(|&q| q as f32 > entry.scheme.q_max() || (q as f32) < -entry.scheme.q_max())
+    {
+        return Err(format!(
+            "`{name}.qvalues`: an integer outside ±{}",
+            entry.scheme.q_max()
+        ));
     }
     let mut q = QuantizedTensor {
         shape: entry.shape,

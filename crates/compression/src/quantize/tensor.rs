@@ -116,11 +116,16 @@ impl QuantizedTensor {
         let q_max = scheme.q_max();
         let group = quantized.group_len();
         let channels = quantized.channels();
-        quantized.scales.reserve(channels * quantized.groups_per_channel());
+        quantized
+            .scales
+            .reserve(channels * quantized.groups_per_channel());
         for channel in 0..channels {
             let indices: Vec<usize> = quantized.channel_indices(channel).collect();
             for chunk in indices.chunks(group) {
-                let max = chunk.iter().map(|&i| weights[i].abs()).fold(0.0f32, f32::max);
+                let max = chunk
+                    .iter()
+                    .map(|&i| weights[i].abs())
+                    .fold(0.0f32, f32::max);
                 let scale = max / q_max;
                 quantized.scales.push(scale);
                 if scale > 0.0 {
@@ -284,8 +289,11 @@ mod tests {
                             assert!(err <= scale * 0.5 * (1.0 + 1e-5), "{scheme:?} axis {axis}");
                         }
                         if max > 0.0 {
-                            assert!(chunk.iter().any(|&i| q.values[i].unsigned_abs() as f32
-                                == scheme.q_max()));
+                            assert!(
+                                chunk
+                                    .iter()
+                                    .any(|&i| q.values[i].unsigned_abs() as f32 == scheme.q_max())
+                            );
                         }
                     }
                 }
@@ -293,15 +301,15 @@ mod tests {
         }
     }
 
-    /// Hand-derived: channel [0.5, -1.0, 0.25] (a column) has scale 1/127, so its integers are
-    /// round(63.5) = 64, -127, round(31.75) = 32; in int4 with one block, scale 1/7:
-    /// round(3.5) = 4, -7, round(1.75) = 2.
+    /// Hand-derived: channel [0.6, -1.0, 0.25] (a column) has scale 1/127, so its integers
+    /// are round(76.2) = 76, -127, round(31.75) = 32; in int4 with one block, scale 1/7:
+    /// round(4.2) = 4, -7, round(1.75) = 2.
     #[test]
     fn hand_derived_values() {
-        let weights = [0.5, -1.0, 0.25];
-        let q = QuantizedTensor::quantize(&weights, [3, 1], 1, QuantScheme::Int8PerChannel)
-            .unwrap();
-        assert_eq!(q.values, vec![64, -127, 32]);
+        let weights = [0.6, -1.0, 0.25];
+        let q =
+            QuantizedTensor::quantize(&weights, [3, 1], 1, QuantScheme::Int8PerChannel).unwrap();
+        assert_eq!(q.values, vec![76, -127, 32]);
         assert_eq!(q.scales, vec![1.0 / 127.0]);
         let q = QuantizedTensor::quantize(&weights, [3, 1], 1, QuantScheme::int4()).unwrap();
         assert_eq!(q.values, vec![4, -7, 2]);

@@ -212,7 +212,9 @@ impl MultiHeadAttention {
     /// does not exist.
     pub fn prune_heads(&mut self, keep: &[usize]) -> Result<(), LayerError> {
         let layer = "MultiHeadAttention::prune_heads";
-        check(!keep.is_empty(), layer, || "at least one head must stay".into())?;
+        check(!keep.is_empty(), layer, || {
+            "at least one head must stay".into()
+        })?;
         let mut sorted = keep.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
@@ -227,7 +229,10 @@ impl MultiHeadAttention {
             .flat_map(|&h| (h * self.d_head..(h + 1) * self.d_head).map(|c| c as i64))
             .collect();
         let device = self.query.weight.device();
-        let index = Tensor::<1, Int>::from_data(TensorData::new(columns, [keep.len() * self.d_head]), &device);
+        let index = Tensor::<1, Int>::from_data(
+            TensorData::new(columns, [keep.len() * self.d_head]),
+            &device,
+        );
         for linear in [&mut self.query, &mut self.key, &mut self.value] {
             select_outputs(linear, index.clone());
         }

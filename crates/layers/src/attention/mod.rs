@@ -7,8 +7,8 @@ mod mha;
 
 pub use cache::KvCache;
 pub use mask::{causal_mask, padding_mask};
-pub(crate) use mha::{select_inputs, select_outputs};
 pub use mha::{AttentionInput, AttentionOutput, MultiHeadAttention, MultiHeadAttentionConfig};
+pub(crate) use mha::{select_inputs, select_outputs};
 
 #[cfg(test)]
 mod tests;

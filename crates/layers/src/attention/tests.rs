@@ -282,7 +282,13 @@ fn pruned_heads_equal_masked_heads() {
     let d_head = 4;
     let mut masked = full.clone();
     let rows: Vec<f32> = (0..16)
-        .map(|r| if [0, 2].contains(&(r / d_head)) { 0.0 } else { 1.0 })
+        .map(|r| {
+            if [0, 2].contains(&(r / d_head)) {
+                0.0
+            } else {
+                1.0
+            }
+        })
         .collect();
     let row_mask = Tensor::<1>::from_data(TensorData::new(rows, [16]), reference_device())
         .unsqueeze_dim::<2>(1);

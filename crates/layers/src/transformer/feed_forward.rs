@@ -150,7 +150,9 @@ impl FeedForward {
     pub fn prune_neurons(&mut self, keep: &[usize]) -> Result<(), LayerError> {
         let layer = "FeedForward::prune_neurons";
         let d_ff = self.d_ff();
-        check(!keep.is_empty(), layer, || "at least one unit must stay".into())?;
+        check(!keep.is_empty(), layer, || {
+            "at least one unit must stay".into()
+        })?;
         let mut sorted = keep.to_vec();
         sorted.sort_unstable();
         sorted.dedup();
