@@ -1,5 +1,5 @@
 //! Each training example runs end to end with a tiny setting (through its own command-line
-//! parser) and its training loss falls.
+//! parser) and its training loss falls; the compression example reports every variant.
 //!
 //! Each example includes `examples/common/mod.rs` as its own module, so this binary holds
 //! several copies of it.
@@ -14,6 +14,9 @@ mod bert_mlm;
 #[allow(dead_code)]
 #[path = "../examples/bert_ner/main.rs"]
 mod bert_ner;
+#[allow(dead_code)]
+#[path = "../examples/compress/main.rs"]
+mod compress;
 #[allow(dead_code)]
 #[path = "../examples/gpt_char/main.rs"]
 mod gpt_char;
@@ -96,4 +99,39 @@ fn bert_ner_trains_and_scores_entities() {
     let s = bert_ner::run(&a).unwrap();
     assert_falls("bert_ner", s.first_loss, s.last_loss);
     assert!((0.0..=1.0).contains(&s.test_f1));
+}
+
+/// The compression report has every variant, each with what its method promises: int8 and
+/// int4 files at most 0.27x and 0.18x of the float file (the model is tiny, so headers and
+/// the f32 norms weigh more than at full size), half the Linear weights zero after magnitude
+/// pruning, fewer parameters after head removal and distillation.
+#[test]
+fn compress_reports_every_variant() {
+    let a: compress::Args = args(
+        "--steps 30 --finetune-steps 10 --distill-steps 10 --context 16 --d-model 64 \
+         --layers 2 --heads 4 --eval-batches 3 --repeats 2 --latency-batch 2 --quiet",
+    );
+    let report = compress::run(&a).unwrap();
+    let methods: Vec<&str> = report.rows.iter().map(|r| r.method.as_str()).collect();
+    assert_eq!(methods.len(), 7, "{methods:?}");
+    let [base, int8, int4, one_shot, gradual, heads, student] = &report.rows[..] else {
+        unreachable!()
+    };
+    let ratio = |row: &lmforge::compression::report::ReportRow| {
+        row.file_bytes as f64 / base.file_bytes as f64
+    };
+    assert!(ratio(int8) < 0.30, "int8 file {:.3}x", ratio(int8));
+    assert!(ratio(int4) < 0.21, "int4 file {:.3}x", ratio(int4));
+    // Int8 keeps perplexity within 2% even on a barely trained model.
+    assert!(report.quality_loss(int8).abs() < 0.02, "{}", int8.quality);
+    for row in [one_shot, gradual] {
+        let zero = 1.0 - row.nonzero as f64 / row.parameters as f64;
+        assert!(zero > 0.35 && zero < 0.5, "{}: {zero:.3} zero", row.method);
+    }
+    assert!(heads.parameters < base.parameters);
+    assert!(student.parameters < base.parameters * 2 / 3);
+    for row in &report.rows {
+        assert!(row.quality.is_finite() && row.quality > 1.0, "{row:?}");
+        assert!(row.latency_ms > 0.0, "{row:?}");
+    }
 }

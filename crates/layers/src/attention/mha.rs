@@ -522,5 +522,6 @@ fn reshaped<const D: usize>(
 ) -> Param<Tensor<D>> {
     let value = param.val();
     let require_grad = value.is_require_grad();
-    Param::from_tensor(f(value.detach())).set_require_grad(require_grad)
+    // `detach` after the selection: the new parameter is a leaf of no graph.
+    Param::from_tensor(f(value).detach()).set_require_grad(require_grad)
 }
