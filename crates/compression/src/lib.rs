@@ -11,7 +11,26 @@
 //!   (`examples/compress` builds one).
 //!
 //! Every function works on any lmforge model (or any burn module): parameters are found by
-//! their path and the type of the module that holds them.
+//! their path and the type of the module that holds them. The guide is `docs/compression.md`;
+//! `examples/compress` runs every method on a character-level GPT and prints a [`report`].
+//!
+//! ```
+//! use burn::module::Module;
+//! use lmforge_compression::prune::{self, PruneConfig};
+//! use lmforge_models::gpt::GptConfig;
+//!
+//! # let device = lmforge_device::device_from_env().unwrap();
+//! let model = GptConfig::tiny(96).init(&device)?;
+//! // Half of every Linear weight matrix set to zero, the smallest first.
+//! let (sparse, masks) = prune::prune_magnitude(model.clone(), &PruneConfig::new(0.5))?;
+//! assert_eq!(masks.sparsity(), 0.5);
+//! // A quarter of all attention heads cut out of the matrices.
+//! let keep = prune::keep_most_important(&prune::head_importance(&model), 0.25)?;
+//! let smaller = prune::prune_heads(model.clone(), &keep)?;
+//! assert!(smaller.num_params() < model.num_params());
+//! # let _ = sparse;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub mod distill;
 mod error;
