@@ -63,6 +63,21 @@ fn lstm_lm_trains_and_reports_perplexity() {
 }
 
 #[test]
+fn lstm_lm_stateful_with_tied_weights() {
+    let a: lstm_lm::Args = args(
+        "--steps 40 --bptt 12 --embedding 32 --hidden 32 --layers 1 --eval-every 20 \
+         --stateful --tie --quiet",
+    );
+    let s = lstm_lm::run(&a).unwrap();
+    assert_falls("lstm_lm --stateful", s.first_loss, s.last_loss);
+    assert!(
+        s.test_perplexity > 1.0 && s.test_perplexity < 200.0,
+        "{}",
+        s.test_perplexity
+    );
+}
+
+#[test]
 fn bert_mlm_trains_and_predicts() {
     let a: bert_mlm::Args = args(
         "--steps 40 --batch-size 16 --d-model 32 --layers 1 --heads 2 --vocab-size 300 --quiet",

@@ -21,8 +21,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::Parser;
 use lmforge::compression::distill::{CausalLmDistillationTask, DistillationConfig};
 use lmforge::compression::prune::{
-    GradualPruning, PruneConfig, PrunedTask, head_importance, keep_most_important,
-    prune_heads, prune_magnitude,
+    GradualPruning, PruneConfig, PrunedTask, head_importance, keep_most_important, prune_heads,
+    prune_magnitude,
 };
 use lmforge::compression::quantize::{self, QuantScheme, QuantizeConfig};
 use lmforge::compression::report::{
@@ -153,7 +153,9 @@ pub fn run(args: &Args) -> Result<Report> {
     let inference = device.clone().without_autodiff();
     let latency_input = {
         let n = args.latency_batch * args.context;
-        let ids: Vec<i64> = (0..n).map(|i| (i % tokenizer.vocab_size()) as i64).collect();
+        let ids: Vec<i64> = (0..n)
+            .map(|i| (i % tokenizer.vocab_size()) as i64)
+            .collect();
         Tensor::<2, Int>::from_data(
             TensorData::new(ids, [args.latency_batch, args.context]),
             &inference,

@@ -17,9 +17,9 @@ use clap::Parser;
 use lmforge::data::dataset::lm_blocks::{LmBlocksConfig, LmSplits};
 use lmforge::data::dataset::stream::LineEnd;
 use lmforge::data::tokenizer::{Tokenizer, WordSplit, WordTokenizer, WordVocabOptions};
-use lmforge::models::lstm_lm::LstmLmConfig;
-use lmforge::training::tasks::CausalLmTask;
-use lmforge::training::{Batches, OptimizerConfig, Schedule, TrainerConfig, evaluate};
+use lmforge::models::lstm_lm::{LstmLm, LstmLmConfig};
+use lmforge::training::tasks::{CausalLmTask, StatefulLstmTask, stream_windows};
+use lmforge::training::{Batches, OptimizerConfig, Schedule, Task, TrainerConfig, evaluate};
 
 /// Train a word-level LSTM language model and report perplexity.
 #[derive(Parser, Debug, Clone)]
@@ -52,6 +52,13 @@ pub struct Args {
     /// Dropout.
     #[arg(long, default_value_t = 0.0)]
     pub dropout: f64,
+    /// Carry the LSTM state from each batch to the next (truncated BPTT over contiguous
+    /// streams, as Zaremba et al.); without it every sequence starts from a zero state.
+    #[arg(long)]
+    pub stateful: bool,
+    /// Tie the output layer to the input embedding (needs --embedding = --hidden).
+    #[arg(long)]
+    pub tie: bool,
     /// Use SGD (Zaremba et al.'s recipe) instead of AdamW.
     #[arg(long)]
     pub sgd: bool,
@@ -154,12 +161,44 @@ pub fn run(args: &Args) -> Result<Summary> {
         .with_d_hidden(args.hidden)
         .with_n_layers(args.layers)
         .with_dropout(args.dropout)
+        .with_tie_weights(args.tie)
         .init(&device)?;
-    let task = CausalLmTask::new(0);
-    let train = Batches::new(splits.train, args.batch_size).with_seed(args.seed);
-    let valid = Batches::new(splits.valid, args.batch_size).in_order();
-    let test = Batches::new(splits.test, args.batch_size).in_order();
+    if args.stateful {
+        // Contiguous streams, one per row, read in order; the blocks above are contiguous,
+        // so joined they give the token stream back.
+        let streams = |blocks: &[Vec<u32>]| {
+            let tokens: Vec<u32> = blocks.concat();
+            Batches::new(
+                stream_windows(&tokens, args.batch_size, args.bptt),
+                args.batch_size,
+            )
+            .in_order()
+        };
+        let (train, valid, test) = (
+            streams(&splits.train),
+            streams(&splits.valid),
+            streams(&splits.test),
+        );
+        // Resetting the state at every checkpoint keeps resumed runs exact.
+        let task = StatefulLstmTask::new(train.len(), args.eval_every);
+        fit_and_test(args, model, &task, &train, &valid, &test)
+    } else {
+        let task = CausalLmTask::new(0);
+        let train = Batches::new(splits.train, args.batch_size).with_seed(args.seed);
+        let valid = Batches::new(splits.valid, args.batch_size).in_order();
+        let test = Batches::new(splits.test, args.batch_size).in_order();
+        fit_and_test(args, model, &task, &train, &valid, &test)
+    }
+}
 
+fn fit_and_test<T: Task<LstmLm, Item = Vec<u32>>>(
+    args: &Args,
+    model: LstmLm,
+    task: &T,
+    train: &Batches<Vec<u32>>,
+    valid: &Batches<Vec<u32>>,
+    test: &Batches<Vec<u32>>,
+) -> Result<Summary> {
     let (optimizer, schedule) = if args.sgd {
         // Zaremba et al.: constant, then halved each epoch for the last third (here: cosine).
         (
@@ -181,11 +220,11 @@ pub fn run(args: &Args) -> Result<Summary> {
         .with_log_every((args.steps / 20).max(1))
         .with_seed(args.seed);
     let trainer = common::trainer(config, args.out.as_deref(), args.resume, args.quiet);
-    let out = trainer.fit(model, &task, &train, Some(&valid))?;
+    let out = trainer.fit(model, task, train, Some(valid))?;
     let (first_loss, last_loss) = common::loss_trend(&out.history)?;
     let model = out.best_model.unwrap_or(out.model);
-    let valid_eval = evaluate(&model, &task, &valid, None)?;
-    let test_eval = evaluate(&model, &task, &test, None)?;
+    let valid_eval = evaluate(&model, task, valid, None)?;
+    let test_eval = evaluate(&model, task, test, None)?;
     if !args.quiet {
         println!(
             "best model: validation perplexity {:.2}, test perplexity {:.2} ({} test tokens)",

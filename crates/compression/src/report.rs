@@ -167,7 +167,12 @@ mod tests {
         report.push(row("float32", 4000, 2.0, 10.0));
         report.push(row("int8", 1000, 2.02, 5.0));
         let table = report.table();
-        assert!(table.contains("| int8 | 100 | 50 (50%) | 1000 B | 0.250x | 2.0200 | +1.00% | 5.00 | 2.00x |"), "{table}");
+        assert!(
+            table.contains(
+                "| int8 | 100 | 50 (50%) | 1000 B | 0.250x | 2.0200 | +1.00% | 5.00 | 2.00x |"
+            ),
+            "{table}"
+        );
         assert!((report.quality_loss(&report.rows[1]) - 0.01).abs() < 1e-12);
         let mut accuracy = Report::new("accuracy", false, "test");
         accuracy.push(row("float32", 1, 0.9, 1.0));

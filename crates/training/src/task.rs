@@ -53,6 +53,11 @@ pub struct StepContext<'a> {
     pub rng: &'a mut StdRng,
     /// True while training, false during evaluation.
     pub training: bool,
+    /// The batch's position: while training, the number of batches read before it since
+    /// step 0 (across passes, so `position % batches_per_pass` is its index in the pass); in
+    /// an evaluation, its index there. Stateful tasks use it to tell a continuation from a
+    /// restart.
+    pub position: u64,
 }
 
 /// A model's training objective: from a batch of examples to a [`StepOutput`].

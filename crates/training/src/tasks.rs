@@ -1,5 +1,6 @@
-//! [`Task`]s for lmforge's models: causal LM (GPT, LSTM LM), masked LM and BERT pre-training,
-//! sequence and token classification.
+//! [`Task`]s for lmforge's models: causal LM (GPT, LSTM LM, and the LSTM LM with its state
+//! carried across batches), masked LM and BERT pre-training, sequence and token
+//! classification.
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use lmforge_data::batcher::{Batcher, PaddedRows};
@@ -20,6 +21,10 @@ use lmforge_objectives::{CrossEntropy, IGNORE_INDEX};
 use rand::Rng;
 
 use crate::task::{StepContext, StepOutput, Task, TaskError};
+
+mod stateful;
+
+pub use stateful::{StatefulLstmTask, stream_windows};
 
 /// A model that maps token ids to next-token logits.
 pub trait CausalLm: burn::module::Module {

@@ -261,6 +261,7 @@ fn evaluate_at<M: Module, T: Task<M>>(
             device: &device,
             rng: &mut rng,
             training: false,
+            position: index as u64,
         };
         let out = task
             .step(&model, &items, &mut context)
@@ -451,6 +452,7 @@ impl Trainer {
                     device: &device,
                     rng: &mut rng,
                     training: true,
+                    position: state.position,
                 };
                 let out = match task.step(&model, &items, &mut context) {
                     Ok(out) => out,

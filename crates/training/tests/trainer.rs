@@ -722,3 +722,61 @@ fn every_model_parameter_trains() {
         .with_d_hidden(8);
     check("LstmLm", parameters(&lstm.init(&device).unwrap()));
 }
+
+/// The stateful LSTM task carries the state between batches (its losses differ from the same
+/// run restarting every batch from zero), and a run stopped at a checkpoint that is a reset
+/// point and resumed ends with bit-identical weights.
+#[test]
+fn stateful_lstm_carries_state_and_resumes_exactly() {
+    use lmforge_models::lstm_lm::{LstmLm, LstmLmConfig};
+    use lmforge_training::tasks::{StatefulLstmTask, stream_windows};
+    let _lock = lock();
+    let device = device();
+    let tokens: Vec<u32> = (0..400u32)
+        .map(|i| (i * 7 + i / 3) % VOCAB as u32)
+        .collect();
+    let items = stream_windows(&tokens, 4, 5);
+    let train = Batches::new(items, 4).in_order();
+    assert_eq!(train.len(), 19);
+    let model = |device: &Device| -> LstmLm {
+        device.seed(12);
+        LstmLmConfig::new(VOCAB)
+            .with_d_embedding(8)
+            .with_d_hidden(8)
+            .with_n_layers(1)
+            .with_dropout(0.0)
+            .init(device)
+            .unwrap()
+    };
+    let fit = |steps: usize, reset_every: usize, out: Option<&Path>, resume: bool| {
+        let task = StatefulLstmTask::new(train.len(), reset_every);
+        let config = TrainerConfig::new(steps, Schedule::constant(1e-2))
+            .with_checkpoint_every(4)
+            .with_log_every(1)
+            .with_progress(Progress::Silent);
+        let mut trainer = Trainer::new(config);
+        if let Some(dir) = out {
+            trainer = trainer.with_output_dir(dir);
+            if resume {
+                trainer = trainer.resume_from(dir.join(files::CHECKPOINT));
+            }
+        }
+        trainer.fit(model(&device), &task, &train, None).unwrap()
+    };
+    let carried = fit(12, 4, None, false);
+    let restarted = fit(12, 1, None, false);
+    let (a, b) = (
+        train_losses(&carried.history),
+        train_losses(&restarted.history),
+    );
+    assert_eq!(a[0], b[0], "the first batch starts from zero either way");
+    assert!(
+        a.iter().zip(&b).skip(1).any(|(x, y)| x != y),
+        "state not carried"
+    );
+
+    let dir = tmp("stateful");
+    let _ = fit(8, 4, Some(&dir), false);
+    let resumed = fit(12, 4, Some(&dir), true);
+    assert_eq!(values(&resumed.model), values(&carried.model));
+}
