@@ -118,7 +118,7 @@ pub struct CausalLmDistillationTask<T> {
 
 impl<T: CausalLm> CausalLmDistillationTask<T> {
     /// Distils `teacher` with `config`. The teacher runs in inference mode (without autodiff
-    /// and dropout, [`Module::valid`]).
+    /// and dropout, [`burn::module::Module::valid`]).
     ///
     /// # Errors
     /// As [`DistillationConfig::validate`], or [`CompressionError::Unsupported`] for a teacher

@@ -169,7 +169,7 @@ fn quantized_files_refuse_damage_and_other_models() {
     // A float model's file (no quantization metadata) is not accepted as a quantized one.
     let plain = dir.join("plain.safetensors");
     let float = gpt(&device, 1);
-    lmforge_models::Pretrained::save_pretrained(&float, &dir.join("hf")).unwrap();
+    lmforge_models::Pretrained::save_pretrained(&float, dir.join("hf")).unwrap();
     std::fs::copy(dir.join("hf/model.safetensors"), &plain).unwrap();
     let error = quantize::load(gpt(&device, 1), &plain).unwrap_err();
     assert!(error.to_string().contains("format"), "{error}");
