@@ -101,11 +101,19 @@ fn bert_mlm_with_next_sentence_prediction() {
 #[test]
 fn bert_classify_fine_tunes_with_frozen_embeddings() {
     let a: bert_classify::Args = args(
-        "--steps 40 --batch-size 16 --eval-every 20 --freeze-embeddings --head-lr-factor 2 --quiet",
+        "--steps 40 --batch-size 16 --eval-every 20 --freeze-embeddings --head-lr-factor 2 \
+         --compress --quiet",
     );
     let s = bert_classify::run(&a).unwrap();
     assert_falls("bert_classify", s.first_loss, s.last_loss);
     assert!((0.0..=1.0).contains(&s.test_accuracy));
+    // --compress: the float row is the kept model itself, and int8 moves accuracy by at most
+    // two test sentences in a hundred.
+    let report = s.compression.expect("--compress gives a report");
+    assert_eq!(report.rows.len(), 5);
+    assert_eq!(report.rows[0].quality, s.test_accuracy);
+    assert!(report.quality_loss(&report.rows[1]).abs() <= 0.02, "{:?}", report.rows[1]);
+    assert!(report.rows[4].parameters < report.rows[0].parameters);
 }
 
 #[test]

@@ -68,6 +68,10 @@ pub struct Args {
     /// Resume from the checkpoint in --out.
     #[arg(long)]
     pub resume: bool,
+    /// After training, compress the kept model (int8, int4, 50% magnitude pruning, 25% of the
+    /// heads removed; none fine-tuned) and print size, test accuracy and latency of each.
+    #[arg(long)]
+    pub compress: bool,
     /// Seed.
     #[arg(long, default_value_t = 5)]
     pub seed: u64,
@@ -86,6 +90,8 @@ pub struct Summary {
     pub dev_accuracy: f64,
     /// Test accuracy of the kept model.
     pub test_accuracy: f64,
+    /// With `--compress`: the compressed variants against the kept model.
+    pub compression: Option<lmforge::compression::report::Report>,
 }
 
 type Example = (String, i64);
@@ -212,12 +218,120 @@ pub fn run(args: &Args) -> Result<Summary> {
             test_eval.count
         );
     }
+    let compression = if args.compress {
+        Some(compress(args, &model, &task, &test)?)
+    } else {
+        None
+    };
     Ok(Summary {
         first_loss,
         last_loss,
         dev_accuracy,
         test_accuracy,
+        compression,
     })
+}
+
+/// Quantizes and prunes `model` (no fine-tuning afterwards) and reports each variant's file
+/// size, test accuracy and forward latency on one test batch.
+fn compress(
+    args: &Args,
+    model: &BertForSequenceClassification,
+    task: &SequenceClassificationTask,
+    test: &Batches<(Encoding, i64)>,
+) -> Result<lmforge::compression::report::Report> {
+    use burn::module::Module;
+    use lmforge::compression::prune::{
+        PruneConfig, head_importance, keep_most_important, prune_heads, prune_magnitude,
+    };
+    use lmforge::compression::quantize::{self, QuantScheme, QuantizeConfig};
+    use lmforge::compression::report::{
+        Report, ReportRow, file_bytes, median_latency, nonzero_parameters,
+    };
+    use lmforge::models::bert::BertInput;
+
+    let dir = args.out.clone().unwrap_or_else(|| {
+        std::env::temp_dir().join(format!("lmforge-classify-{}", std::process::id()))
+    });
+    std::fs::create_dir_all(&dir)?;
+    let items = test.batch(0, 0);
+    let encodings: Vec<Encoding> = items.iter().map(|e| e.0.clone()).collect();
+    let inference = model.devices()[0].clone().without_autodiff();
+    let batch = task.batcher.batch(&encodings, &inference)?;
+    let seq_length = batch.input_ids.dims()[1];
+    let input = || {
+        BertInput::new(batch.input_ids.clone())
+            .with_token_types(batch.type_ids.clone())
+            .with_mask_pad(batch.padding_mask.clone())
+    };
+    let mut variants: Vec<(String, BertForSequenceClassification, PathBuf)> = Vec::new();
+    let float = dir.join("float32.bpk");
+    lmforge::models::pretrained::save(model, &float)?;
+    variants.push(("float32".into(), model.clone(), float));
+    for (name, scheme) in [
+        ("int8 per channel", QuantScheme::Int8PerChannel),
+        ("int4 blocks of 32", QuantScheme::int4()),
+    ] {
+        let file = dir.join(format!("{}.safetensors", name.replace(' ', "-")));
+        quantize::quantize(model.clone(), &QuantizeConfig::new(scheme))?.save(&file)?;
+        // What a user gets back from the file.
+        let loaded = quantize::load(model.clone(), &file)?;
+        variants.push((name.into(), loaded.model, file));
+    }
+    let (sparse, _) = prune_magnitude(model.clone(), &PruneConfig::new(0.5))?;
+    let file = dir.join("magnitude-50.bpk");
+    lmforge::models::pretrained::save(&sparse, &file)?;
+    variants.push(("50% magnitude, one-shot".into(), sparse, file));
+    let keep = keep_most_important(&head_importance(model), 0.25)?;
+    let heads = prune_heads(model.clone(), &keep)?;
+    let file = dir.join("heads-75.bpk");
+    lmforge::models::pretrained::save(&heads, &file)?;
+    variants.push(("25% of heads removed".into(), heads, file));
+
+    let mut report = Report::new(
+        "test accuracy",
+        false,
+        format!(
+            "median of 10 forward passes (variants interleaved), one test batch of {} x {} tokens",
+            items.len(),
+            seq_length
+        ),
+    );
+    let runners: Vec<BertForSequenceClassification> =
+        variants.iter().map(|(_, m, _)| m.valid()).collect();
+    for runner in &runners {
+        let _ = runner.forward(input()).logits.into_data();
+    }
+    let mut times = vec![Vec::new(); runners.len()];
+    for _ in 0..10 {
+        for (runner, times) in runners.iter().zip(&mut times) {
+            let t = median_latency(0, 1, || {
+                let _ = runner.forward(input()).logits.into_data();
+            });
+            times.push(t.as_secs_f64() * 1e3);
+        }
+    }
+    for ((method, variant, file), mut times) in variants.into_iter().zip(times) {
+        times.sort_by(f64::total_cmp);
+        let accuracy = evaluate(&variant, task, test, None)?
+            .accuracy
+            .context("no accuracy")?;
+        report.push(ReportRow {
+            method,
+            parameters: variant.num_params(),
+            nonzero: nonzero_parameters(&variant),
+            file_bytes: file_bytes(&file),
+            quality: accuracy,
+            latency_ms: times[times.len() / 2],
+        });
+    }
+    if !args.quiet {
+        println!("\n{}", report.table());
+    }
+    if args.out.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    Ok(report)
 }
 
 #[allow(dead_code)]
