@@ -112,7 +112,11 @@ fn bert_classify_fine_tunes_with_frozen_embeddings() {
     let report = s.compression.expect("--compress gives a report");
     assert_eq!(report.rows.len(), 5);
     assert_eq!(report.rows[0].quality, s.test_accuracy);
-    assert!(report.quality_loss(&report.rows[1]).abs() <= 0.02, "{:?}", report.rows[1]);
+    assert!(
+        report.quality_loss(&report.rows[1]).abs() <= 0.02,
+        "{:?}",
+        report.rows[1]
+    );
     assert!(report.rows[4].parameters < report.rows[0].parameters);
 }
 
