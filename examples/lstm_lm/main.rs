@@ -166,18 +166,22 @@ pub fn run(args: &Args) -> Result<Summary> {
     if args.stateful {
         // Contiguous streams, one per row, read in order; the blocks above are contiguous,
         // so joined they give the token stream back.
-        let streams = |blocks: &[Vec<u32>]| {
+        let streams = |name: &str, blocks: &[Vec<u32>]| -> Result<Batches<Vec<u32>>> {
             let tokens: Vec<u32> = blocks.concat();
-            Batches::new(
-                stream_windows(&tokens, args.batch_size, args.bptt),
+            let windows = stream_windows(&tokens, args.batch_size, args.bptt);
+            anyhow::ensure!(
+                !windows.is_empty(),
+                "the {name} split ({} tokens) is too short for {} streams of {} + 1 tokens",
+                tokens.len(),
                 args.batch_size,
-            )
-            .in_order()
+                args.bptt
+            );
+            Ok(Batches::new(windows, args.batch_size).in_order())
         };
         let (train, valid, test) = (
-            streams(&splits.train),
-            streams(&splits.valid),
-            streams(&splits.test),
+            streams("training", &splits.train)?,
+            streams("validation", &splits.valid)?,
+            streams("test", &splits.test)?,
         );
         // Resetting the state at every checkpoint keeps resumed runs exact.
         let task = StatefulLstmTask::new(train.len(), args.eval_every);

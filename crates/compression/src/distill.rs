@@ -173,6 +173,15 @@ impl<S: CausalLm, T: CausalLm + Sync> Task<S> for CausalLmDistillationTask<T> {
         }
         let teacher_inputs = inputs.to_device(&self.teacher_device);
         let teacher = rows(self.teacher.causal_logits(teacher_inputs, no_mask)).to_device(device);
+        if teacher.dims() != student.dims() {
+            return Err(format!(
+                "teacher logits {:?} and student logits {:?} differ: distillation needs the \
+                 same vocabulary",
+                teacher.dims(),
+                student.dims()
+            )
+            .into());
+        }
         let out = distillation_loss(student, teacher, targets, &self.config, &self.hard_loss);
         let mut step = StepOutput::from_loss(out.hard, batch_size * seq_length);
         step.loss = out.loss;

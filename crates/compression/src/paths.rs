@@ -89,19 +89,24 @@ impl ModuleMapper for HostMapper<'_> {
         }
         let require_grad = param.val().is_require_grad();
         let transform = &mut *self.transform;
-        param
-            .map(|tensor| {
-                let device = tensor.device();
-                let values = tensor
-                    .into_data()
-                    .convert::<f32>()
-                    .try_into_vec::<f32>()
-                    .expect("float parameters read as f32");
-                let len = values.len();
-                let values = transform.transform(&site, values);
-                assert_eq!(values.len(), len, "a transform must keep the shape");
-                Tensor::from_data(TensorData::new(values, shape), &device)
-            })
-            .set_require_grad(require_grad)
+        param.map(|tensor| {
+            let device = tensor.device();
+            let values = tensor
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .expect("float parameters read as f32");
+            let len = values.len();
+            let values = transform.transform(&site, values);
+            assert_eq!(values.len(), len, "a transform must keep the shape");
+            // `Param::map` keeps the parameter's trainable setting; the new tensor only
+            // needs the old one's gradient flag.
+            let tensor = Tensor::from_data(TensorData::new(values, shape), &device);
+            if require_grad {
+                tensor.require_grad()
+            } else {
+                tensor
+            }
+        })
     }
 }

@@ -9,7 +9,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::CompressionError;
-use crate::paths::{HostTransform, Site, map_host};
+use crate::paths::{HostTransform, Site, map_host, sites};
 use crate::quantize::compile;
 
 /// Over what the smallest weights are counted.
@@ -92,9 +92,29 @@ pub struct Masks {
 impl Masks {
     /// Sets the removed weights of `model` to zero (parameter ids and gradient settings are
     /// kept, so optimizer state still applies).
-    pub fn apply<M: Module>(&self, model: M) -> M {
+    ///
+    /// # Errors
+    /// [`CompressionError::InvalidConfig`] when a mask names a parameter the model does not have
+    /// or has another number of values than it (masks computed for another model, or before
+    /// heads were removed).
+    pub fn apply<M: Module>(&self, model: M) -> Result<M, CompressionError> {
+        let sites = sites(&model);
+        for (path, mask) in &self.masks {
+            let site = sites.iter().find(|s| &s.path == path);
+            let numel = site.map(|s| s.shape.iter().product::<usize>());
+            if numel != Some(mask.len()) {
+                return Err(CompressionError::InvalidConfig(match site {
+                    None => format!("a mask names `{path}`, which the model does not have"),
+                    Some(s) => format!(
+                        "the mask of `{path}` has {} values, the parameter {:?}",
+                        mask.len(),
+                        s.shape
+                    ),
+                }));
+            }
+        }
         let mut apply = Apply { masks: self };
-        map_host(model, &mut apply)
+        Ok(map_host(model, &mut apply))
     }
 
     /// Number of weights removed.
@@ -251,7 +271,7 @@ pub fn prune_magnitude<M: Module>(
     config: &PruneConfig,
 ) -> Result<(M, Masks), CompressionError> {
     let masks = magnitude_masks(&model, config)?;
-    Ok((masks.apply(model), masks))
+    Ok((masks.apply(model)?, masks))
 }
 
 /// Fraction of exactly-zero values among the weights `config` selects (its `sparsity` is
@@ -366,6 +386,9 @@ enum Plan {
 /// A task whose model keeps pruned weights at exactly zero while it trains: after every
 /// optimizer update the masks are applied again (the optimizer's momentum would otherwise
 /// move them off zero). Wraps any [`Task`].
+///
+/// A gradual task remembers the masks in force: use one task per training run (a fresh one
+/// to resume), not one task for two different models.
 pub struct PrunedTask<T> {
     inner: T,
     plan: Plan,
@@ -427,7 +450,7 @@ impl<M: Module, T: Task<M>> Task<M> for PrunedTask<T> {
     fn constrain(&self, model: M, step: usize) -> Result<M, TaskError> {
         let model = self.inner.constrain(model, step)?;
         match &self.plan {
-            Plan::Fixed(masks) => Ok(masks.apply(model)),
+            Plan::Fixed(masks) => Ok(masks.apply(model)?),
             Plan::Gradual { schedule, current } => {
                 let Some(mask_step) = schedule.mask_step(step) else {
                     return Ok(model);
@@ -440,7 +463,7 @@ impl<M: Module, T: Task<M>> Task<M> for PrunedTask<T> {
                     };
                     *current = Some((mask_step, magnitude_masks(&model, &config)?));
                 }
-                Ok(current.as_ref().expect("masks").1.apply(model))
+                Ok(current.as_ref().expect("masks").1.apply(model)?)
             }
         }
     }

@@ -1,7 +1,7 @@
 //! Multi-head attention with padding and causal masks, a KV cache and optional probabilities.
 
 use burn::config::Config;
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::nn::{Dropout, DropoutConfig, Linear};
 use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
@@ -434,6 +434,12 @@ impl MultiHeadAttention {
         let layer = "MultiHeadAttention";
         let d_model = self.d_model();
         check_loadable(layer, self.d_memory == d_model)?;
+        check(self.d_inner() == d_model, layer, || {
+            format!(
+                "a layer with pruned heads ({} of width {}) cannot take a full state dict",
+                self.n_heads, self.d_head
+            )
+        })?;
         let in_weight = fetch(
             layer,
             &mut lookup,
@@ -520,8 +526,15 @@ fn reshaped<const D: usize>(
     param: &Param<Tensor<D>>,
     f: impl FnOnce(Tensor<D>) -> Tensor<D>,
 ) -> Param<Tensor<D>> {
-    let value = param.val();
+    let (_, value, mapper) = param.clone().consume();
     let require_grad = value.is_require_grad();
-    // `detach` after the selection: the new parameter is a leaf of no graph.
-    Param::from_tensor(f(value).detach()).set_require_grad(require_grad)
+    // `detach` after the selection: the new parameter is a leaf of no graph. The mapper keeps
+    // the parameter's trainable setting (which a plain device's tensor flag does not show).
+    let value = f(value).detach();
+    let value = if require_grad {
+        value.require_grad()
+    } else {
+        value
+    };
+    Param::from_mapped_value(ParamId::new(), value, mapper)
 }

@@ -230,6 +230,28 @@ fn load<M>(
     finish(bert, &hf, &mut weights)
 }
 
+/// Refuses an encoder whose blocks lost heads or units: its HuggingFace config would lie.
+fn check_unpruned(bert: &Bert) -> Result<(), ModelError> {
+    let config = bert.config();
+    for (i, block) in bert.blocks.iter().enumerate() {
+        crate::error::check(
+            block.attention.n_heads() == config.n_heads && block.feed_forward.d_ff() == config.d_ff,
+            "BertConfig",
+            || {
+                format!(
+                    "block {i} has {} heads and d_ff {} (pruned), the config {} and {}: a \
+                     HuggingFace config cannot describe it; save with pretrained::save",
+                    block.attention.n_heads(),
+                    block.feed_forward.d_ff(),
+                    config.n_heads,
+                    config.d_ff
+                )
+            },
+        )?;
+    }
+    Ok(())
+}
+
 fn save(
     dir: &Path,
     config: Value,
@@ -263,6 +285,7 @@ impl Pretrained for Bert {
 
     /// Writes a `BertModel` folder (names without the `bert.` prefix).
     fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<(), ModelError> {
+        check_unpruned(self)?;
         let config = self.config().to_hf_config("BertModel", None);
         save(dir.as_ref(), config, |e| {
             visit_bert(&mut self.clone(), e, "")
@@ -308,6 +331,7 @@ fn load_task<M: BertTask>(dir: &Path, device: &Device) -> Result<M, ModelError> 
 
 fn save_task<M: BertTask>(model: &M, dir: &Path) -> Result<(), ModelError> {
     let mut model = model.clone();
+    check_unpruned(model.encoder())?;
     let n_labels = model.n_labels();
     let config = model
         .encoder()
