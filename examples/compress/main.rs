@@ -5,7 +5,7 @@
 //! 25% of the attention heads (then fine-tuning), and distillation into a 2-block student.
 //!
 //! ```sh
-//! cargo run --release --example compress                      # built-in corpus, a few minutes
+//! cargo run --release --example compress                      # built-in corpus, ~5 minutes
 //! cargo run --release --example compress -- --data ../shared/data/tinyshakespeare.txt \
 //!     --load runs/shakespeare/checkpoint.lmf --context 64 --d-model 128 --out runs/compress
 //! ```
