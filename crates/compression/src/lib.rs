@@ -40,4 +40,3 @@ pub mod quantize;
 pub mod report;
 
 pub use error::CompressionError;
-pub use paths::Site;

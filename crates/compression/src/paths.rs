@@ -8,7 +8,7 @@ use burn::tensor::{Tensor, TensorData};
 
 /// Where a parameter sits.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Site {
+pub(crate) struct Site {
     /// Dotted path of field names.
     pub path: String,
     /// Type name of the module holding the parameter.

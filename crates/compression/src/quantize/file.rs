@@ -215,6 +215,17 @@ fn read_quantized(
     let scales = file
         .tensor(&format!("{name}.qscales"))
         .map_err(|e| format!("`{name}.qscales`: {e}"))?;
+    let expected_dtype = match entry.scheme {
+        QuantScheme::Int8PerChannel => Dtype::I8,
+        QuantScheme::Int4Block { .. } => Dtype::U8,
+    };
+    if values.dtype() != expected_dtype {
+        return Err(format!(
+            "`{name}.qvalues` is {:?}, {:?} stores {expected_dtype:?}",
+            values.dtype(),
+            entry.scheme
+        ));
+    }
     let values = QuantizedTensor::unpack_values(values.data(), entry.scheme, numel)
         .map_err(|e| format!("`{name}.qvalues`: {e}"))?;
     if values

@@ -194,7 +194,7 @@ impl MultiHeadAttention {
     /// Model width: the width of the query input and of the output. `n_heads * d_head`
     /// unless heads were removed with [`Self::prune_heads`].
     pub fn d_model(&self) -> usize {
-        self.query.weight.dims()[0]
+        self.query.weight.lazy_shape().dims::<2>()[0]
     }
 
     /// Width of the concatenated heads, `n_heads * d_head`.

@@ -41,6 +41,10 @@ pub fn stream_windows(tokens: &[u32], batch_size: usize, window: usize) -> Vec<V
 /// `reset_every` batches (so that a run resumed from a checkpoint taken at such a batch
 /// continues exactly: set it to the checkpoint interval times the gradient accumulation),
 /// and at the first batch of every evaluation. Training and evaluation keep separate states.
+///
+/// A run resumed from a checkpoint that is not a reset point (the checkpoint a run writes at
+/// its last step, extended with more steps) starts there from a zero state, so it does not
+/// continue exactly.
 pub struct StatefulLstmTask {
     batches_per_pass: u64,
     reset_every: u64,
