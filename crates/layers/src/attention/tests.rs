@@ -334,4 +334,11 @@ fn pruning_heads_checks_its_input() {
         ));
     }
     assert_eq!(layer.n_heads(), 4);
+    // A layer that lost heads cannot take a full PyTorch state dict: refused before any
+    // weight is read.
+    layer.prune_heads(&[0, 1]).unwrap();
+    let error = layer
+        .load_pytorch(|_| None, Vec::<String>::new())
+        .unwrap_err();
+    assert!(error.to_string().contains("pruned heads"), "{error}");
 }
