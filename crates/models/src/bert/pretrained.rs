@@ -233,23 +233,14 @@ fn load<M>(
 /// Refuses an encoder whose blocks lost heads or units: its HuggingFace config would lie.
 fn check_unpruned(bert: &Bert) -> Result<(), ModelError> {
     let config = bert.config();
-    for (i, block) in bert.blocks.iter().enumerate() {
-        crate::error::check(
-            block.attention.n_heads() == config.n_heads && block.feed_forward.d_ff() == config.d_ff,
-            "BertConfig",
-            || {
-                format!(
-                    "block {i} has {} heads and d_ff {} (pruned), the config {} and {}: a \
-                     HuggingFace config cannot describe it; save with pretrained::save",
-                    block.attention.n_heads(),
-                    block.feed_forward.d_ff(),
-                    config.n_heads,
-                    config.d_ff
-                )
-            },
-        )?;
-    }
-    Ok(())
+    pretrained::check_unpruned(
+        "BertConfig",
+        bert.blocks
+            .iter()
+            .map(|b| (b.attention.n_heads(), b.feed_forward.d_ff())),
+        config.n_heads,
+        config.d_ff,
+    )
 }
 
 fn save(

@@ -258,23 +258,14 @@ impl Pretrained for Gpt {
     /// Writes a `GPT2LMHeadModel` folder.
     fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<(), ModelError> {
         let config = self.config();
-        for (i, block) in self.blocks.iter().enumerate() {
-            crate::error::check(
-                block.self_attention.n_heads() == config.n_heads
-                    && block.feed_forward.d_ff() == config.d_ff(),
-                "GptConfig",
-                || {
-                    format!(
-                        "block {i} has {} heads and d_ff {} (pruned), the config {} and {}: a \
-                         HuggingFace config cannot describe it; save with pretrained::save",
-                        block.self_attention.n_heads(),
-                        block.feed_forward.d_ff(),
-                        config.n_heads,
-                        config.d_ff()
-                    )
-                },
-            )?;
-        }
+        pretrained::check_unpruned(
+            "GptConfig",
+            self.blocks
+                .iter()
+                .map(|b| (b.self_attention.n_heads(), b.feed_forward.d_ff())),
+            config.n_heads,
+            config.d_ff(),
+        )?;
         let mut exporter = Exporter::default();
         let mut gpt = self.clone();
         visit(&mut gpt, &mut exporter, "transformer.")?;

@@ -50,6 +50,27 @@ pub trait Pretrained: Sized {
 }
 
 /// Reads `dir/config.json`.
+/// Refuses to export a model whose blocks lost heads or feed-forward units: a HuggingFace
+/// config states one head count and one `d_ff` for all blocks. `blocks` yields each block's
+/// `(n_heads, d_ff)`; `n_heads` and `d_ff` are the config's.
+pub(crate) fn check_unpruned(
+    model: &'static str,
+    blocks: impl IntoIterator<Item = (usize, usize)>,
+    n_heads: usize,
+    d_ff: usize,
+) -> Result<(), ModelError> {
+    for (i, (block_heads, block_d_ff)) in blocks.into_iter().enumerate() {
+        crate::error::check(block_heads == n_heads && block_d_ff == d_ff, model, || {
+            format!(
+                "block {i} has {block_heads} heads and d_ff {block_d_ff} (pruned), the config \
+                 {n_heads} and {d_ff}: a HuggingFace config cannot describe it; save with \
+                 pretrained::save"
+            )
+        })?;
+    }
+    Ok(())
+}
+
 pub(crate) fn read_config(dir: &Path) -> Result<HfConfig, ModelError> {
     HfConfig::read(&dir.join(CONFIG_FILE))
 }
