@@ -36,23 +36,6 @@ pub(crate) fn map_host<M: Module>(model: M, transform: &mut dyn HostTransform) -
     model.map(&mut mapper)
 }
 
-/// Every float parameter's site, in visiting order.
-pub(crate) fn sites<M: Module>(model: &M) -> Vec<Site> {
-    struct Collect(Vec<Site>);
-    impl HostTransform for Collect {
-        fn select(&mut self, site: &Site) -> bool {
-            self.0.push(site.clone());
-            false
-        }
-        fn transform(&mut self, _: &Site, values: Vec<f32>) -> Vec<f32> {
-            values
-        }
-    }
-    let mut collect = Collect(Vec::new());
-    let _ = map_host(model.clone(), &mut collect);
-    collect.0
-}
-
 struct HostMapper<'a> {
     path: Vec<String>,
     types: Vec<String>,

@@ -9,7 +9,7 @@ use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::CompressionError;
-use crate::paths::{HostTransform, Site, map_host, sites};
+use crate::paths::{HostTransform, Site, map_host};
 use crate::quantize::compile;
 
 /// Over what the smallest weights are counted.
@@ -98,7 +98,7 @@ impl Masks {
     /// or has another number of values than it (masks computed for another model, or before
     /// heads were removed).
     pub fn apply<M: Module>(&self, model: M) -> Result<M, CompressionError> {
-        let sites = sites(&model);
+        let sites = lmforge_training::params::parameters(&model);
         for (path, mask) in &self.masks {
             let site = sites.iter().find(|s| &s.path == path);
             let numel = site.map(|s| s.shape.iter().product::<usize>());

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::{QuantScheme, QuantizedModel, QuantizedTensor};
 use crate::error::CompressionError;
-use crate::paths::{HostTransform, Site, map_host, sites};
+use crate::paths::{HostTransform, Site, map_host};
 
 const FORMAT: &str = "lmforge-quantized";
 const VERSION: &str = "1";
@@ -149,7 +149,7 @@ pub fn load<M: Module>(
     let mut values = BTreeMap::new();
     let mut tensors = BTreeMap::new();
     let mut used = 0;
-    for site in sites(&model) {
+    for site in lmforge_training::params::parameters(&model) {
         let numel: usize = site.shape.iter().product();
         if let Some(entry) = entries.get(&site.path) {
             if site.shape != entry.shape {
