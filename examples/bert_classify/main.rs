@@ -246,7 +246,7 @@ fn compress(
     };
     use lmforge::compression::quantize::{self, QuantScheme, QuantizeConfig};
     use lmforge::compression::report::{
-        Report, ReportRow, file_bytes, median_latency, nonzero_parameters,
+        Report, ReportRow, file_bytes, interleaved_latencies, nonzero_parameters,
     };
     use lmforge::models::bert::BertInput;
 
@@ -299,20 +299,10 @@ fn compress(
     );
     let runners: Vec<BertForSequenceClassification> =
         variants.iter().map(|(_, m, _)| m.valid()).collect();
-    for runner in &runners {
+    let latencies = interleaved_latencies(&runners, 10, |runner| {
         let _ = runner.forward(input()).logits.into_data();
-    }
-    let mut times = vec![Vec::new(); runners.len()];
-    for _ in 0..10 {
-        for (runner, times) in runners.iter().zip(&mut times) {
-            let t = median_latency(0, 1, || {
-                let _ = runner.forward(input()).logits.into_data();
-            });
-            times.push(t.as_secs_f64() * 1e3);
-        }
-    }
-    for ((method, variant, file), mut times) in variants.into_iter().zip(times) {
-        times.sort_by(f64::total_cmp);
+    });
+    for ((method, variant, file), latency) in variants.into_iter().zip(latencies) {
         let accuracy = evaluate(&variant, task, test, None)?
             .accuracy
             .context("no accuracy")?;
@@ -322,7 +312,7 @@ fn compress(
             nonzero: nonzero_parameters(&variant),
             file_bytes: file_bytes(&file),
             quality: accuracy,
-            latency_ms: times[times.len() / 2],
+            latency_ms: latency.as_secs_f64() * 1e3,
         });
     }
     if !args.quiet {

@@ -26,7 +26,7 @@ use lmforge::compression::prune::{
 };
 use lmforge::compression::quantize::{self, QuantScheme, QuantizeConfig};
 use lmforge::compression::report::{
-    Report, ReportRow, file_bytes, median_latency, nonzero_parameters,
+    Report, ReportRow, file_bytes, interleaved_latencies, nonzero_parameters,
 };
 use lmforge::data::dataset::lm_blocks::LmBlocksConfig;
 use lmforge::data::tokenizer::{CharTokenizer, Tokenizer};
@@ -281,21 +281,11 @@ pub fn run(args: &Args) -> Result<Report> {
     )?);
 
     say(args, "timing the forward pass of every variant");
-    for runner in &runners {
+    let latencies = interleaved_latencies(&runners, args.repeats, |runner| {
         let _ = runner.forward(latency_input.clone(), None).into_data();
-    }
-    let mut times = vec![Vec::new(); runners.len()];
-    for _ in 0..args.repeats {
-        for (runner, times) in runners.iter().zip(&mut times) {
-            let latency = median_latency(0, 1, || {
-                let _ = runner.forward(latency_input.clone(), None).into_data();
-            });
-            times.push(latency.as_secs_f64() * 1e3);
-        }
-    }
-    for (row, mut times) in report.rows.iter_mut().zip(times) {
-        times.sort_by(f64::total_cmp);
-        row.latency_ms = times[times.len() / 2];
+    });
+    for (row, latency) in report.rows.iter_mut().zip(latencies) {
+        row.latency_ms = latency.as_secs_f64() * 1e3;
     }
 
     let table = report.table();

@@ -149,9 +149,48 @@ pub fn median_latency(warmup: usize, repeats: usize, mut run: impl FnMut()) -> D
     times[times.len() / 2]
 }
 
+/// Median wall time of `run` on each of `items`: one untimed call each, then `repeats` timed
+/// rounds over all items in turn, so that a busy machine slows every item alike. `run` must
+/// wait for its result (read it back from the device).
+pub fn interleaved_latencies<T>(
+    items: &[T],
+    repeats: usize,
+    mut run: impl FnMut(&T),
+) -> Vec<Duration> {
+    items.iter().for_each(&mut run);
+    let mut times = vec![Vec::with_capacity(repeats); items.len()];
+    for _ in 0..repeats.max(1) {
+        for (item, times) in items.iter().zip(&mut times) {
+            let start = Instant::now();
+            run(item);
+            times.push(start.elapsed());
+        }
+    }
+    times
+        .into_iter()
+        .map(|mut t| {
+            t.sort();
+            t[t.len() / 2]
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Each item runs once untimed and then once per round; a slower item has the larger
+    /// median.
+    #[test]
+    fn interleaved_latencies_time_every_item_in_turn() {
+        let mut calls = Vec::new();
+        let times = interleaved_latencies(&[0u64, 3], 4, |&ms| {
+            calls.push(ms);
+            std::thread::sleep(Duration::from_millis(ms));
+        });
+        assert_eq!(calls, vec![0, 3, 0, 3, 0, 3, 0, 3, 0, 3]);
+        assert!(times[1] >= Duration::from_millis(3) && times[0] < times[1]);
+    }
 
     #[test]
     fn table_compares_with_the_first_row() {
