@@ -44,3 +44,25 @@ pub mod prelude {
     pub use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
     pub use lmforge_device::{Backend, DeviceError, device, device_from_env, select_named};
 }
+
+/// The guide in `docs/` and the README, compiled and run as doctests so that every Rust block
+/// in them keeps building against the current API.
+#[cfg(doctest)]
+pub mod guide {
+    #[doc = include_str!("../README.md")]
+    pub struct Readme;
+    #[doc = include_str!("../docs/getting-started.md")]
+    pub struct GettingStarted;
+    #[doc = include_str!("../docs/building-models.md")]
+    pub struct BuildingModels;
+    #[doc = include_str!("../docs/pretraining-bert.md")]
+    pub struct PretrainingBert;
+    #[doc = include_str!("../docs/gpt.md")]
+    pub struct Gpt;
+    #[doc = include_str!("../docs/fine-tuning.md")]
+    pub struct FineTuning;
+    #[doc = include_str!("../docs/training.md")]
+    pub struct Training;
+    #[doc = include_str!("../docs/compression.md")]
+    pub struct Compression;
+}

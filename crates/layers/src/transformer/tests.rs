@@ -205,3 +205,40 @@ fn pruned_neurons_equal_masked_neurons() {
         assert!(pruned.prune_neurons(&[]).is_err());
     }
 }
+
+/// The tanh GELU (computed through a sigmoid) against the textbook formula and its
+/// derivative, evaluated in f64 on the host.
+#[test]
+fn gelu_tanh_equals_the_tanh_formula_and_its_derivative() {
+    let device = reference_device().clone().autodiff();
+    let xs: Vec<f32> = (0..81).map(|i| (i as f32 - 40.0) / 8.0).collect();
+    let c = (2.0 / std::f64::consts::PI).sqrt();
+    let reference = |x: f64| {
+        let z = c * (x + 0.044715 * x.powi(3));
+        let value = 0.5 * x * (1.0 + z.tanh());
+        let dz = c * (1.0 + 3.0 * 0.044715 * x * x);
+        let slope = 0.5 * (1.0 + z.tanh()) + 0.5 * x * (1.0 - z.tanh().powi(2)) * dz;
+        (value, slope)
+    };
+    let x = Tensor::<1>::from_data(TensorData::new(xs.clone(), [xs.len()]), &device).require_grad();
+    let y = FeedForwardActivation::GeluTanh.apply(x.clone());
+    let grads = y.clone().sum().backward();
+    let values = y.into_data().to_vec::<f32>().expect("f32");
+    let slopes = x
+        .grad(&grads)
+        .expect("grad")
+        .into_data()
+        .to_vec::<f32>()
+        .expect("f32");
+    for ((&x, value), slope) in xs.iter().zip(values).zip(slopes) {
+        let (want, want_slope) = reference(f64::from(x));
+        assert!(
+            (f64::from(value) - want).abs() < 1e-5,
+            "gelu({x}) = {value}, want {want}"
+        );
+        assert!(
+            (f64::from(slope) - want_slope).abs() < 1e-5,
+            "gelu'({x}) = {slope}, want {want_slope}"
+        );
+    }
+}

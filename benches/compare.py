@@ -1,0 +1,124 @@
+"""Runs lmforge's benchmark cases and their PyTorch twins in turn and prints the ratio per case.
+
+    cargo build --release -p lmforge-bench
+    python benches/compare.py [--threads 2] [--rounds 3] [--case gpt-train] [--seq 256]
+    python benches/compare.py --sweep          # gpt-train and lstm-train over sequence and width
+
+Every round runs each case once on each side, alternating which side goes first, in a fresh
+process (so the peak memory is the case's own); the figure kept per side is the median over
+rounds of the per-run median step. The ratio is lmforge / PyTorch throughput: above 1 means
+lmforge is faster. The machine's noise hits both sides alike because they alternate.
+Needs torch and transformers in the Python running this script.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = ["gpt-train", "lstm-train", "bert-mlm-train", "gpt-generate", "minilm-forward", "matmul"]
+
+
+def run(command, threads):
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    out = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def rate(m):
+    return m["tokens_per_s"] if m["tokens_per_s"] is not None else m["gflops"]
+
+
+def compare(args, case, seq=None, width=None):
+    sizes = []
+    if seq:
+        sizes += ["--seq", str(seq)]
+    if width:
+        sizes += ["--width", str(width)]
+    common = ["--case", case, "--repeats", str(args.repeats)] + sizes
+    sides = {
+        "lmforge": [str(args.bench), "--device", args.device] + common,
+        "pytorch": [sys.executable, str(ROOT / "benches/torch_cases.py"),
+                    "--threads", str(args.threads)] + common,
+    }
+    results = {"lmforge": [], "pytorch": []}
+    for round_ in range(args.rounds):
+        order = ["lmforge", "pytorch"] if round_ % 2 == 0 else ["pytorch", "lmforge"]
+        for side in order:
+            results[side].append(run(sides[side], args.threads))
+    rows = []
+    for i, first in enumerate(results["lmforge"][0]):
+        ours = [r[i] for r in results["lmforge"]]
+        theirs = [r[i] for r in results["pytorch"]]
+        ours_rate = statistics.median(rate(m) for m in ours)
+        theirs_rate = statistics.median(rate(m) for m in theirs)
+        rows.append({
+            "case": first["case"],
+            "config": first["config"],
+            "unit": "tokens/s" if first["tokens_per_s"] is not None else "GFLOP/s",
+            "lmforge": ours_rate,
+            "pytorch": theirs_rate,
+            "ratio": ours_rate / theirs_rate,
+            "lmforge_step_ms_min": min(m["step_ms_min"] for m in ours),
+            "pytorch_step_ms_min": min(m["step_ms_min"] for m in theirs),
+            "lmforge_peak_rss_mib": max(m["peak_rss_mib"] or 0 for m in ours),
+            "pytorch_peak_rss_mib": max(m["peak_rss_mib"] or 0 for m in theirs),
+            "cpu_peak_gflops": first.get("cpu_peak_gflops"),
+            "threads": args.threads,
+        })
+    return rows
+
+
+def sizes(row):
+    keep = ("seq", "width", "hidden", "n")
+    return ", ".join(f"{k} {v}" for k, v in row["config"].items() if k in keep)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bench", type=Path, default=ROOT / "target/release/lmforge-bench")
+    parser.add_argument("--device", default="flex")
+    parser.add_argument("--case", default="all")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--seq", type=int)
+    parser.add_argument("--width", type=int)
+    parser.add_argument("--sweep", action="store_true",
+                        help="gpt-train and lstm-train at sequence 64/128/256 and width "
+                             "128/256/512 instead of the standard cases")
+    parser.add_argument("--json", type=Path, help="also write the rows to this file")
+    args = parser.parse_args()
+    if not args.bench.exists():
+        raise SystemExit(f"{args.bench} not found: cargo build --release -p lmforge-bench")
+
+    if args.sweep:
+        plan = [(case, seq, None) for case in ("gpt-train", "lstm-train") for seq in (64, 128, 256)]
+        plan += [(case, None, w) for case in ("gpt-train", "lstm-train") for w in (128, 256, 512)]
+    else:
+        cases = CASES if args.case == "all" else [args.case]
+        plan = [(case, args.seq, args.width) for case in cases]
+
+    print(f"| case | sizes | lmforge | PyTorch | ratio | peak MiB (lmforge / PyTorch) |")
+    print("|---|---|---:|---:|---:|---|")
+    rows = []
+    for case, seq, width in plan:
+        for row in compare(args, case, seq, width):
+            rows.append(row)
+            print(f"| {row['case']} | {sizes(row)} | {row['lmforge']:.0f} | {row['pytorch']:.0f} "
+                  f"{row['unit']} | {row['ratio']:.2f} | {row['lmforge_peak_rss_mib']:.0f} / "
+                  f"{row['pytorch_peak_rss_mib']:.0f} |", flush=True)
+    if any(r["cpu_peak_gflops"] for r in rows):
+        peak = next(r["cpu_peak_gflops"] for r in rows if r["cpu_peak_gflops"])
+        print(f"\nCPU peak estimate at {args.threads} threads: {peak:.0f} GFLOP/s "
+              "(nominal clock x 32 FLOP/cycle, AVX2 + FMA)")
+    if args.json:
+        args.json.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+
+
+if __name__ == "__main__":
+    main()

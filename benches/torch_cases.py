@@ -1,0 +1,246 @@
+"""PyTorch / HuggingFace twins of `lmforge-bench`'s cases (crates/bench), printing the same
+JSON lines so that `benches/compare.py` can put them side by side.
+
+    python benches/torch_cases.py --case all [--threads 2] [--seq 256] [--width 384]
+
+Needs torch and transformers. Every case uses the sizes of its lmforge twin, dropout 0, and
+is timed the same way: `--warmup` untimed calls, then the median and minimum of `--repeats`.
+A training step builds its batch from Python lists (lmforge builds its batch on the host
+too), runs the loss, backward and an AdamW update.
+"""
+
+import argparse
+import json
+import random
+import statistics
+import time
+
+import torch
+from transformers import BertConfig, BertForMaskedLM, BertModel, GPT2Config, GPT2LMHeadModel
+
+CASES = ["gpt-train", "lstm-train", "bert-mlm-train", "gpt-generate", "minilm-forward", "matmul"]
+
+
+def reset_peak_rss():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mib():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def timed(args, fn):
+    for _ in range(args.warmup):
+        fn()
+    seconds = []
+    for _ in range(max(args.repeats, 1)):
+        start = time.perf_counter()
+        fn()
+        seconds.append(time.perf_counter() - start)
+    seconds.sort()
+    return seconds[0], seconds[len(seconds) // 2]
+
+
+def measurement(args, case, timing, tokens, config):
+    low, median = timing
+    return {
+        "implementation": "pytorch",
+        "case": case,
+        "device": f"cpu (torch {torch.__version__})",
+        "threads": torch.get_num_threads(),
+        "tokens_per_s": tokens / median if tokens else None,
+        "gflops": None,
+        "step_ms_min": low * 1e3,
+        "step_ms_median": median * 1e3,
+        "peak_rss_mib": None,
+        "config": config,
+    }
+
+
+def token_rows(rows, length, vocab, seed):
+    rng = random.Random(seed)
+    return [[rng.randrange(vocab) for _ in range(length)] for _ in range(rows)]
+
+
+def gpt_shape(args):
+    return {"vocab": 96, "seq": args.seq or 128, "layers": 4, "heads": 4,
+            "width": args.width or 256, "batch": 16}
+
+
+def gpt_model(s, positions):
+    config = GPT2Config(vocab_size=s["vocab"], n_positions=positions, n_embd=s["width"],
+                        n_layer=s["layers"], n_head=s["heads"], resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    return GPT2LMHeadModel(config)
+
+
+def train(args, model, loss_fn):
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    model.train()
+
+    def step():
+        loss = loss_fn()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return timed(args, step)
+
+
+def gpt_train(args):
+    s = gpt_shape(args)
+    model = gpt_model(s, s["seq"])
+    rows = token_rows(s["batch"], s["seq"], s["vocab"], 1)
+
+    def loss():
+        ids = torch.tensor(rows)
+        return model(input_ids=ids, labels=ids).loss
+
+    return measurement(args, "gpt-train", train(args, model, loss), s["batch"] * s["seq"], s)
+
+
+class LstmLm(torch.nn.Module):
+    def __init__(self, vocab, embedding, hidden, layers):
+        super().__init__()
+        self.embedding = torch.nn.Embedding(vocab, embedding)
+        self.lstm = torch.nn.LSTM(embedding, hidden, layers, batch_first=True)
+        self.output = torch.nn.Linear(hidden, vocab)
+
+    def forward(self, ids):
+        y, _ = self.lstm(self.embedding(ids))
+        return self.output(y)
+
+
+def lstm_train(args):
+    s = {"vocab": 96, "embedding": 128, "hidden": args.width or 256, "layers": 2,
+         "seq": args.seq or 128, "batch": 16}
+    model = LstmLm(s["vocab"], s["embedding"], s["hidden"], s["layers"])
+    rows = token_rows(s["batch"], s["seq"], s["vocab"], 2)
+
+    def loss():
+        ids = torch.tensor(rows)
+        logits = model(ids)[:, :-1]
+        return torch.nn.functional.cross_entropy(
+            logits.reshape(-1, s["vocab"]), ids[:, 1:].reshape(-1))
+
+    return measurement(args, "lstm-train", train(args, model, loss), s["batch"] * s["seq"], s)
+
+
+def bert_mlm_train(args):
+    width = args.width or 256
+    s = {"vocab": 1000, "width": width, "layers": 4, "heads": 4, "ffn": 4 * width,
+         "seq": args.seq or 128, "batch": 16, "masking": 0.15}
+    config = BertConfig(vocab_size=s["vocab"], hidden_size=width, num_hidden_layers=s["layers"],
+                        num_attention_heads=s["heads"], intermediate_size=s["ffn"],
+                        max_position_embeddings=max(s["seq"], 128), hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    model = BertForMaskedLM(config)
+    # Ids 0-4 are the special tokens: 0 [PAD], 1 [UNK], 2 [CLS], 3 [SEP], 4 [MASK].
+    rows = [[2] + [i + 5 for i in r] + [3]
+            for r in token_rows(s["batch"], s["seq"] - 2, s["vocab"] - 5, 3)]
+
+    def loss():
+        ids = torch.tensor(rows)
+        special = ids < 5
+        chosen = torch.bernoulli(torch.full(ids.shape, 0.15)).bool() & ~special
+        labels = torch.where(chosen, ids, torch.full_like(ids, -100))
+        replace = torch.bernoulli(torch.full(ids.shape, 0.8)).bool() & chosen
+        randomize = torch.bernoulli(torch.full(ids.shape, 0.5)).bool() & chosen & ~replace
+        inputs = torch.where(replace, torch.full_like(ids, 4), ids)
+        inputs = torch.where(randomize, torch.randint(5, s["vocab"], ids.shape), inputs)
+        return model(input_ids=inputs, attention_mask=torch.ones_like(ids), labels=labels).loss
+
+    return measurement(args, "bert-mlm-train", train(args, model, loss),
+                       s["batch"] * s["seq"], s)
+
+
+def gpt_generate(args):
+    s = gpt_shape(args)
+    prompt_length, new = 16, 256
+    model = gpt_model(s, max(512, prompt_length + new)).eval()
+    prompt = torch.tensor(token_rows(1, prompt_length, s["vocab"], 4))
+    kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, num_beams=1,
+                  use_cache=True, pad_token_id=0, attention_mask=torch.ones_like(prompt))
+
+    def run():
+        with torch.inference_mode():
+            out = model.generate(prompt, **kwargs)
+        assert out.shape[1] == prompt_length + new
+
+    config = dict(s, batch=1, prompt=prompt_length, new_tokens=new)
+    return measurement(args, "gpt-generate", timed(args, run), new, config)
+
+
+def minilm_forward(args):
+    width = args.width or 384
+    s = {"vocab": 30522, "width": width, "layers": 6, "heads": 12,
+         "ffn": 4 * width, "seq": args.seq or 128, "batch": 8}
+    config = BertConfig(vocab_size=s["vocab"], hidden_size=width, num_hidden_layers=s["layers"],
+                        num_attention_heads=s["heads"], intermediate_size=s["ffn"],
+                        max_position_embeddings=max(512, s["seq"]), hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)
+    model = BertModel(config, add_pooling_layer=False).eval()
+    ids = torch.tensor(token_rows(s["batch"], s["seq"], s["vocab"], 5))
+
+    def run():
+        with torch.inference_mode():
+            model(input_ids=ids)
+
+    return measurement(args, "minilm-forward", timed(args, run), s["batch"] * s["seq"], s)
+
+
+def matmul(args):
+    out = []
+    for n in (256, 512, 1024):
+        a, b = torch.rand(n, n) * 2 - 1, torch.rand(n, n) * 2 - 1
+        inner = max(1, min(64, (1 << 30) // (n ** 3)))
+
+        def run():
+            for _ in range(inner):
+                torch.mm(a, b)
+
+        low, median = timed(args, run)
+        m = measurement(args, f"matmul-{n}", (low / inner, median / inner), 0, {"n": n})
+        m["gflops"] = 2 * n ** 3 / (median / inner) / 1e9
+        out.append(m)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--case", default="all")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--seq", type=int)
+    parser.add_argument("--width", type=int)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    functions = {"gpt-train": gpt_train, "lstm-train": lstm_train,
+                 "bert-mlm-train": bert_mlm_train, "gpt-generate": gpt_generate,
+                 "minilm-forward": minilm_forward, "matmul": matmul}
+    for case in CASES if args.case == "all" else [args.case]:
+        if case not in functions:
+            raise SystemExit(f"unknown case `{case}`; the cases are {', '.join(CASES)}")
+        reset_peak_rss()
+        results = functions[case](args)
+        peak = peak_rss_mib()
+        for m in results if isinstance(results, list) else [results]:
+            m["peak_rss_mib"] = peak
+            print(json.dumps(m), flush=True)
+
+
+if __name__ == "__main__":
+    main()

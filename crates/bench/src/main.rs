@@ -1,0 +1,67 @@
+//! `lmforge-bench`: runs lmforge's standard throughput cases and prints one JSON line each.
+//!
+//! ```sh
+//! cargo run --release -p lmforge-bench -- --case all
+//! RAYON_NUM_THREADS=2 cargo run --release -p lmforge-bench -- --case gpt-train --seq 256
+//! python benches/compare.py          # both lmforge and PyTorch, interleaved, with ratios
+//! ```
+
+use anyhow::Result;
+use clap::Parser;
+use lmforge_bench::{CASES, Options, cpu_peak_gflops, run, threads};
+
+/// Standard throughput cases (see the crate docs), one JSON line per case.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// A case name or `all`: gpt-train, lstm-train, bert-mlm-train, gpt-generate,
+    /// minilm-forward, matmul.
+    #[arg(long, default_value = "all")]
+    case: String,
+    /// Backend: flex, ndarray, wgpu, ... (default: LMFORGE_DEVICE or the build's default).
+    #[arg(long)]
+    device: Option<String>,
+    /// Timed repetitions per case (the median is reported).
+    #[arg(long, default_value_t = 10)]
+    repeats: usize,
+    /// Untimed repetitions before timing.
+    #[arg(long, default_value_t = 2)]
+    warmup: usize,
+    /// Overrides the sequence length (for sweeps).
+    #[arg(long)]
+    seq: Option<usize>,
+    /// Overrides the model width (for sweeps).
+    #[arg(long)]
+    width: Option<usize>,
+    /// Tiny sizes: checks that every case runs, in seconds.
+    #[arg(long)]
+    tiny: bool,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let selected = lmforge::device::select_named(args.device.as_deref())?;
+    let options = Options {
+        repeats: args.repeats,
+        warmup: args.warmup,
+        seq_length: args.seq,
+        width: args.width,
+        tiny: args.tiny,
+    };
+    let cases: Vec<&str> = if args.case == "all" {
+        CASES.to_vec()
+    } else {
+        vec![args.case.as_str()]
+    };
+    for case in cases {
+        for mut m in run(case, &selected.device, &options)? {
+            m.device = selected.to_string();
+            let mut line = serde_json::to_value(&m)?;
+            if m.gflops.is_some() {
+                line["cpu_peak_gflops"] = serde_json::json!(cpu_peak_gflops(threads()));
+            }
+            println!("{line}");
+        }
+    }
+    Ok(())
+}
