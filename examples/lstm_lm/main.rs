@@ -3,8 +3,9 @@
 //!
 //! ```sh
 //! cargo run --release --example lstm_lm                        # built-in corpus, ~1 minute
-//! cargo run --release --example lstm_lm -- --data ../shared/data/ptb \
-//!     --steps 20000 --hidden 200 --embedding 200 --lr 1.0 --sgd   # Penn Treebank files
+//! cargo run --release --example lstm_lm -- --data ../shared/data/ptb --embedding 200 \
+//!     --hidden 200 --bptt 20 --stateful --sgd --lr 20 --clip 0.25 --steps 13938 \
+//!     --eval-every 2323                        # Penn Treebank, Zaremba et al.'s small model
 //! ```
 
 #[path = "../common/mod.rs"]

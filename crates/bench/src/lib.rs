@@ -18,6 +18,19 @@
 //! Each case prints one JSON line: tokens/s from the median step time, the minimum and median
 //! step times, and the process's peak resident memory (Linux: reset before the case through
 //! `/proc/self/clear_refs`, read from `VmHWM` after it).
+//!
+//! The binary (`cargo run --release -p lmforge-bench -- --case all`) prints the lines; the
+//! library runs a case from Rust:
+//!
+//! ```
+//! use lmforge_bench::{Options, run};
+//!
+//! let device = lmforge::device::device("flex")?;
+//! let options = Options { repeats: 1, warmup: 0, tiny: true, ..Options::default() };
+//! let lines = run("matmul", &device, &options)?; // one line per matrix size
+//! assert!(lines.iter().all(|m| m.gflops.is_some_and(|g| g > 0.0)));
+//! # Ok::<(), anyhow::Error>(())
+//! ```
 
 use std::time::Instant;
 

