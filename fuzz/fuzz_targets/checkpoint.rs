@@ -36,7 +36,9 @@ fn state() -> &'static (Gpt, PathBuf) {
 /// A real checkpoint: two training steps of the tiny model.
 fn seed() -> Vec<u8> {
     let dir = common::scratch("checkpoint-seed");
-    let rows: Vec<Vec<u32>> = (0..8).map(|i| (0..6).map(|t| (i + t) % 12).collect()).collect();
+    let rows: Vec<Vec<u32>> = (0..8)
+        .map(|i| (0..6).map(|t| (i + t) % 12).collect())
+        .collect();
     let config = TrainerConfig::new(2, Schedule::constant(1e-3))
         .with_checkpoint_every(2)
         .with_progress(Progress::Silent);

@@ -13,8 +13,11 @@ use lmforge::data::tokenizer::{HfTokenizer, Tokenizer, WordPieceTrainOptions};
 fn seed() -> Vec<u8> {
     let dir = common::scratch("tokenizer");
     let corpus = dir.join("corpus.txt");
-    std::fs::write(&corpus, "the cat sat on the mat\nthe dog ate the bone\nunaffable fuzz\n")
-        .expect("corpus");
+    std::fs::write(
+        &corpus,
+        "the cat sat on the mat\nthe dog ate the bone\nunaffable fuzz\n",
+    )
+    .expect("corpus");
     let options = WordPieceTrainOptions {
         vocab_size: 80,
         min_frequency: 1,
