@@ -500,6 +500,37 @@ fn import_errors_are_typed_and_name_the_problem() {
         "{err}"
     );
 
+    // Found by the `hf_config` fuzz target: a config far larger than its weights file is
+    // refused before the model is allocated (this one would need hundreds of gigabytes).
+    let dir = scratch("huge-config");
+    std::fs::copy(
+        fixture_folder("gpt2_lm").join("model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    json["n_embd"] = 44_444_444_464u64.into();
+    json["n_head"] = 4.into();
+    std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
+    let err = gpt_error(&dir);
+    assert!(
+        matches!(&err, ModelError::InvalidConfig { reason, .. } if reason.contains("parameters")),
+        "{err}"
+    );
+    let config = std::fs::read_to_string(fixture_folder("bert_mlm").join("config.json")).unwrap();
+    let mut json: serde_json::Value = serde_json::from_str(&config).unwrap();
+    json["num_hidden_layers"] = 1_000_000_000u64.into();
+    std::fs::write(dir.join("config.json"), json.to_string()).unwrap();
+    std::fs::copy(
+        fixture_folder("bert_mlm").join("model.safetensors"),
+        dir.join("model.safetensors"),
+    )
+    .unwrap();
+    let err = BertForMaskedLm::from_pretrained(&dir, reference_device()).unwrap_err();
+    assert!(
+        matches!(&err, ModelError::InvalidConfig { reason, .. } if reason.contains("parameters")),
+        "{err}"
+    );
+
     // A missing tensor.
     let dir = edited_checkpoint("missing", "gpt2_lm", |t| {
         t.retain(|(n, _)| n != "transformer.h.1.ln_2.bias")

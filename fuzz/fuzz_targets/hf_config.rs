@@ -11,52 +11,17 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use lmforge::models::Pretrained;
-use lmforge::models::bert::{BertConfig, BertForMaskedLm};
-use lmforge::models::gpt::{Gpt, GptConfig};
 
-/// Folders holding a valid tiny BERT and GPT-2 checkpoint; their config.json is overwritten
-/// by each input.
 fn folders() -> &'static (PathBuf, PathBuf) {
     static FOLDERS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    FOLDERS.get_or_init(|| {
-        let device = common::device();
-        let bert = common::scratch("config-bert");
-        BertConfig::tiny(40)
-            .init_masked_lm(&device)
-            .expect("bert")
-            .save_pretrained(&bert)
-            .expect("save bert");
-        let gpt = common::scratch("config-gpt");
-        GptConfig::tiny(40)
-            .init(&device)
-            .expect("gpt")
-            .save_pretrained(&gpt)
-            .expect("save gpt");
-        (bert, gpt)
-    })
+    FOLDERS.get_or_init(|| common::hf_folders("config"))
 }
 
 fuzz_target!(
     init: {
-        let (bert, gpt) = folders();
-        let mut seed = vec![0u8];
-        seed.extend(std::fs::read(bert.join("config.json")).expect("config"));
-        common::write_seed("bert", &seed);
-        let mut seed = vec![1u8];
-        seed.extend(std::fs::read(gpt.join("config.json")).expect("config"));
-        common::write_seed("gpt", &seed);
+        common::seed_hf("config.json", folders());
     },
     |data: &[u8]| {
-        let Some((&kind, config)) = data.split_first() else { return };
-        let (bert, gpt) = folders();
-        let device = common::device();
-        if kind % 2 == 0 {
-            std::fs::write(bert.join("config.json"), config).expect("write");
-            let _ = BertForMaskedLm::from_pretrained(bert, &device);
-        } else {
-            std::fs::write(gpt.join("config.json"), config).expect("write");
-            let _ = Gpt::from_pretrained(gpt, &device);
-        }
+        common::load_hf(data, "config.json", folders());
     }
 );

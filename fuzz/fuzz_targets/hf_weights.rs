@@ -11,57 +11,17 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use lmforge::models::Pretrained;
-use lmforge::models::bert::{BertConfig, BertForMaskedLm};
-use lmforge::models::gpt::{Gpt, GptConfig};
 
-/// Folders holding a valid tiny BERT and GPT-2 checkpoint; their model.safetensors is
-/// overwritten by each input.
 fn folders() -> &'static (PathBuf, PathBuf) {
     static FOLDERS: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
-    FOLDERS.get_or_init(|| {
-        let device = common::device();
-        let small = |c: BertConfig| c.with_d_model(8).with_n_heads(2).with_d_ff(16);
-        let bert = common::scratch("weights-bert");
-        small(BertConfig::tiny(12).with_n_layers(1))
-            .init_masked_lm(&device)
-            .expect("bert")
-            .save_pretrained(&bert)
-            .expect("save bert");
-        let gpt = common::scratch("weights-gpt");
-        GptConfig::tiny(12)
-            .with_d_model(8)
-            .with_n_heads(2)
-            .with_n_layers(1)
-            .with_max_seq_length(8)
-            .init(&device)
-            .expect("gpt")
-            .save_pretrained(&gpt)
-            .expect("save gpt");
-        (bert, gpt)
-    })
+    FOLDERS.get_or_init(|| common::hf_folders("weights"))
 }
 
 fuzz_target!(
     init: {
-        let (bert, gpt) = folders();
-        let mut seed = vec![0u8];
-        seed.extend(std::fs::read(bert.join("model.safetensors")).expect("weights"));
-        common::write_seed("bert", &seed);
-        let mut seed = vec![1u8];
-        seed.extend(std::fs::read(gpt.join("model.safetensors")).expect("weights"));
-        common::write_seed("gpt", &seed);
+        common::seed_hf("model.safetensors", folders());
     },
     |data: &[u8]| {
-        let Some((&kind, weights)) = data.split_first() else { return };
-        let (bert, gpt) = folders();
-        let device = common::device();
-        if kind % 2 == 0 {
-            std::fs::write(bert.join("model.safetensors"), weights).expect("write");
-            let _ = BertForMaskedLm::from_pretrained(bert, &device);
-        } else {
-            std::fs::write(gpt.join("model.safetensors"), weights).expect("write");
-            let _ = Gpt::from_pretrained(gpt, &device);
-        }
+        common::load_hf(data, "model.safetensors", folders());
     }
 );

@@ -26,10 +26,7 @@ fn hf_error(context: &str, e: impl std::fmt::Display) -> DataError {
 /// section with a malformed key while parsing; a post-processor template naming a special
 /// token it does not define, at the first encoding); the `tokenizer_json` fuzz target found
 /// both. Nothing is left half-updated: every guarded call works on `&self` or on new values.
-fn guarded<T>(
-    context: &str,
-    call: impl FnOnce() -> tokenizers::Result<T>,
-) -> Result<T, DataError> {
+fn guarded<T>(context: &str, call: impl FnOnce() -> tokenizers::Result<T>) -> Result<T, DataError> {
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(call)) {
         Ok(result) => result.map_err(|e| hf_error(context, e)),
         Err(_) => Err(DataError::Tokenizer(format!(

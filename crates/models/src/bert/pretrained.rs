@@ -205,6 +205,20 @@ fn prepare_mlm(weights: &mut Weights) {
     }
 }
 
+/// The parameters `config` describes (embeddings and blocks; biases and norms are a
+/// negligible part), or `None` when the count overflows.
+fn parameter_count(config: &BertConfig) -> Option<u128> {
+    let d = config.d_model as u128;
+    let rows =
+        config.vocab_size as u128 + config.max_seq_length as u128 + config.type_vocab_size as u128;
+    let block = d
+        .checked_mul(d)?
+        .checked_mul(4)?
+        .checked_add(d.checked_mul(config.d_ff as u128)?.checked_mul(2)?)?;
+    rows.checked_mul(d)?
+        .checked_add(block.checked_mul(config.n_layers as u128)?)
+}
+
 /// Reads a folder, builds the encoder (with a pooler when `pooler`, else only if the file
 /// has one) and loads it; `finish` loads the head and checks that nothing is left.
 fn load<M>(
@@ -216,6 +230,9 @@ fn load<M>(
     let hf = pretrained::read_config(dir)?;
     let config = BertConfig::from_hf(&hf)?;
     let mut weights = pretrained::read_weights(dir)?;
+    let labels = hf.num_labels().unwrap_or(0) as u128 * config.d_model as u128;
+    let parameters = parameter_count(&config).and_then(|n| n.checked_add(labels));
+    pretrained::check_config_size("BertConfig", parameters, &weights)?;
     let p = prefix(&weights);
     let pooler = pooler.unwrap_or_else(|| weights.contains(&format!("{p}pooler.dense.weight")));
     let mut bert = config.init_encoder(pooler, device)?;

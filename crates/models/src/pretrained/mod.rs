@@ -75,6 +75,31 @@ pub(crate) fn read_config(dir: &Path) -> Result<HfConfig, ModelError> {
     HfConfig::read(&dir.join(CONFIG_FILE))
 }
 
+/// Refuses a `config.json` that describes a model far larger than `model.safetensors` holds,
+/// before anything is allocated: a damaged or hostile config (`"n_embd": 44444444464`, found
+/// by the `hf_config` fuzz target) would otherwise ask for hundreds of gigabytes and abort the
+/// process. `parameters` is the size the config implies (`None` when it overflows); up to twice
+/// the file's values plus a million are accepted (tied or recomputed tensors are absent from
+/// files), and any real mismatch is reported by name when the weights are loaded.
+pub(crate) fn check_config_size(
+    model: &'static str,
+    parameters: Option<u128>,
+    weights: &Weights,
+) -> Result<(), ModelError> {
+    let values = weights.n_values() as u128;
+    match parameters {
+        Some(n) if n <= 2 * values + 1_000_000 => Ok(()),
+        _ => Err(ModelError::InvalidConfig {
+            model,
+            reason: format!(
+                "{CONFIG_FILE} describes a model of {} parameters, but {} holds {values} values",
+                parameters.map_or_else(|| "too many".to_string(), |n| n.to_string()),
+                weights.path().display()
+            ),
+        }),
+    }
+}
+
 /// Reads `dir/model.safetensors` (LayerNorm `gamma`/`beta` renamed to `weight`/`bias`).
 pub(crate) fn read_weights(dir: &Path) -> Result<Weights, ModelError> {
     let mut weights = Weights::read(&dir.join(WEIGHTS_FILE))?;

@@ -63,6 +63,11 @@ impl Weights {
         })
     }
 
+    /// The number of values in the file (all tensors).
+    pub(crate) fn n_values(&self) -> usize {
+        self.tensors.values().map(|d| d.num_elements()).sum()
+    }
+
     /// The file the weights came from.
     pub(crate) fn path(&self) -> &Path {
         &self.path
