@@ -95,9 +95,11 @@ impl Checkpoint {
             };
             let len = u64::from_le_bytes(len.try_into().expect("8 bytes")) as usize;
             cursor += 8;
+            // Checked sums: a damaged length near `u64::MAX` must not wrap around (the
+            // `checkpoint` fuzz target found one that did).
             let end = cursor
                 .checked_add(len)
-                .filter(|&end| end + 4 <= bytes.len());
+                .filter(|&end| end.checked_add(4).is_some_and(|e| e <= bytes.len()));
             let Some(end) = end else {
                 return Err(fail(CheckpointError::Truncated(format!(
                     "the {name} section declares {len} bytes, {} remain",

@@ -291,6 +291,14 @@ fn corrupt_checkpoints_are_named_and_explained() {
         resume(Some(&version)),
         CheckpointError::Version { found: 9, .. }
     ));
+    // Found by the `checkpoint` fuzz target: a section length that makes the section end
+    // within 4 bytes of `usize::MAX` wrapped the bounds check around and panicked on slicing.
+    for bytes_from_end in [1u64, 2, 3, 4] {
+        let mut huge = good.clone();
+        let length = u64::MAX - 20 - bytes_from_end; // the first section starts at byte 20
+        huge[12..20].copy_from_slice(&length.to_le_bytes());
+        assert!(matches!(resume(Some(&huge)), CheckpointError::Truncated(_)));
+    }
 }
 
 /// A task whose loss turns NaN on its `nan_at`-th call.

@@ -223,12 +223,12 @@ fn gelu_tanh_equals_the_tanh_formula_and_its_derivative() {
     let x = Tensor::<1>::from_data(TensorData::new(xs.clone(), [xs.len()]), &device).require_grad();
     let y = FeedForwardActivation::GeluTanh.apply(x.clone());
     let grads = y.clone().sum().backward();
-    let values = y.into_data().to_vec::<f32>().expect("f32");
+    let values = y.into_data().try_to_vec::<f32>().expect("f32");
     let slopes = x
         .grad(&grads)
         .expect("grad")
         .into_data()
-        .to_vec::<f32>()
+        .try_to_vec::<f32>()
         .expect("f32");
     for ((&x, value), slope) in xs.iter().zip(values).zip(slopes) {
         let (want, want_slope) = reference(f64::from(x));
