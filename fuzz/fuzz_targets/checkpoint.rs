@@ -11,18 +11,14 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use lmforge::models::gpt::{Gpt, GptConfig};
+use lmforge::models::gpt::Gpt;
 use lmforge::training::tasks::CausalLmTask;
 use lmforge::training::{
     Batches, Progress, Schedule, Trainer, TrainerConfig, load_checkpoint_model,
 };
 
 fn model() -> Gpt {
-    GptConfig::tiny(12)
-        .with_d_model(8)
-        .with_n_heads(2)
-        .with_n_layers(1)
-        .with_max_seq_length(8)
+    common::tiny_gpt()
         .init(&common::device().autodiff())
         .expect("gpt")
 }

@@ -34,12 +34,21 @@ pub fn device() -> lmforge::burn::tensor::Device {
     lmforge::device::device("flex").expect("flex")
 }
 
+/// The tiny GPT-2 the model targets load into: vocabulary 12, width 8, 2 heads, 1 block,
+/// context 8.
+pub fn tiny_gpt() -> lmforge::models::gpt::GptConfig {
+    lmforge::models::gpt::GptConfig::tiny(12)
+        .with_d_model(8)
+        .with_n_heads(2)
+        .with_n_layers(1)
+        .with_max_seq_length(8)
+}
+
 /// Folders holding a saved tiny BERT masked-LM and a tiny GPT-2 (HuggingFace layout), under
 /// this process's scratch folder `tag`.
 pub fn hf_folders(tag: &str) -> (PathBuf, PathBuf) {
     use lmforge::models::Pretrained;
     use lmforge::models::bert::BertConfig;
-    use lmforge::models::gpt::GptConfig;
     let device = device();
     let bert = scratch(&format!("{tag}-bert"));
     BertConfig::tiny(12)
@@ -52,11 +61,7 @@ pub fn hf_folders(tag: &str) -> (PathBuf, PathBuf) {
         .save_pretrained(&bert)
         .expect("save bert");
     let gpt = scratch(&format!("{tag}-gpt"));
-    GptConfig::tiny(12)
-        .with_d_model(8)
-        .with_n_heads(2)
-        .with_n_layers(1)
-        .with_max_seq_length(8)
+    tiny_gpt()
         .init(&device)
         .expect("gpt")
         .save_pretrained(&gpt)

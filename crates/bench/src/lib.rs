@@ -326,6 +326,10 @@ fn bert_mlm_train(device: &Device, options: &Options) -> Result<Measurement> {
     let seq = options
         .seq_length
         .unwrap_or(if options.tiny { 16 } else { 128 });
+    anyhow::ensure!(
+        seq >= 3,
+        "bert-mlm-train needs --seq >= 3 ([CLS], a word, [SEP])"
+    );
     // Ids 0-4 are the special tokens: 0 [PAD], 1 [UNK], 2 [CLS], 3 [SEP], 4 [MASK].
     let items: Vec<Encoding> = token_rows(batch, seq - 2, vocab - 5, 3)
         .into_iter()
@@ -537,5 +541,10 @@ mod tests {
         assert_eq!(m[0].config["seq"], 8);
         assert_eq!(m[0].config["width"], 16);
         assert!(run("no-such-case", &device, &options).is_err());
+        let too_short = Options {
+            seq_length: Some(2),
+            ..tiny()
+        };
+        assert!(run("bert-mlm-train", &device, &too_short).is_err());
     }
 }

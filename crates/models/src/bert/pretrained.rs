@@ -205,18 +205,16 @@ fn prepare_mlm(weights: &mut Weights) {
     }
 }
 
-/// The parameters `config` describes (embeddings and blocks; biases and norms are a
-/// negligible part), or `None` when the count overflows.
+/// The parameters `config` describes, or `None` when the count overflows.
 fn parameter_count(config: &BertConfig) -> Option<u128> {
-    let d = config.d_model as u128;
     let rows =
         config.vocab_size as u128 + config.max_seq_length as u128 + config.type_vocab_size as u128;
-    let block = d
-        .checked_mul(d)?
-        .checked_mul(4)?
-        .checked_add(d.checked_mul(config.d_ff as u128)?.checked_mul(2)?)?;
-    rows.checked_mul(d)?
-        .checked_add(block.checked_mul(config.n_layers as u128)?)
+    pretrained::transformer_parameters(
+        rows,
+        config.d_model as u128,
+        config.d_ff as u128,
+        config.n_layers as u128,
+    )
 }
 
 /// Reads a folder, builds the encoder (with a pooler when `pooler`, else only if the file

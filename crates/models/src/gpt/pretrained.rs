@@ -97,20 +97,16 @@ impl GptConfig {
     }
 }
 
-/// The one mapping between lmforge's GPT and GPT-2's names, for import and export.
-/// The parameters `config` describes (embeddings and blocks; biases and norms are a
-/// negligible part), or `None` when the count overflows.
+/// The parameters `config` describes, or `None` when the count overflows.
 fn parameter_count(config: &GptConfig) -> Option<u128> {
     let d = config.d_model as u128;
+    // Not `config.d_ff()`: `4 * d_model` may overflow `usize` for a hostile config.
     let d_ff = config.d_ff.map_or(4 * d, |d_ff| d_ff as u128);
-    let embeddings = (config.vocab_size as u128 + config.max_seq_length as u128).checked_mul(d)?;
-    let block = d
-        .checked_mul(d)?
-        .checked_mul(4)?
-        .checked_add(d.checked_mul(d_ff)?.checked_mul(2)?)?;
-    embeddings.checked_add(block.checked_mul(config.n_layers as u128)?)
+    let rows = config.vocab_size as u128 + config.max_seq_length as u128;
+    pretrained::transformer_parameters(rows, d, d_ff, config.n_layers as u128)
 }
 
+/// The one mapping between lmforge's GPT and GPT-2's names, for import and export.
 fn visit<V: Visitor>(gpt: &mut Gpt, v: &mut V, prefix: &str) -> Result<(), ModelError> {
     embedding(v, &format!("{prefix}wte"), &mut gpt.token_embedding)?;
     embedding(v, &format!("{prefix}wpe"), &mut gpt.positions.embedding)?;

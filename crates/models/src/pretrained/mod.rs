@@ -49,7 +49,6 @@ pub trait Pretrained: Sized {
     fn save_pretrained(&self, dir: impl AsRef<Path>) -> Result<(), ModelError>;
 }
 
-/// Reads `dir/config.json`.
 /// Refuses to export a model whose blocks lost heads or feed-forward units: a HuggingFace
 /// config states one head count and one `d_ff` for all blocks. `blocks` yields each block's
 /// `(n_heads, d_ff)`; `n_heads` and `d_ff` are the config's.
@@ -71,8 +70,28 @@ pub(crate) fn check_unpruned(
     Ok(())
 }
 
+/// Reads `dir/config.json`.
 pub(crate) fn read_config(dir: &Path) -> Result<HfConfig, ModelError> {
     HfConfig::read(&dir.join(CONFIG_FILE))
+}
+
+/// The parameters of `embedding_rows` embedding rows of width `d_model` under `n_layers`
+/// Transformer blocks (attention `4 d_model²`, feed-forward `2 d_model d_ff`; biases and norms
+/// are a negligible part), or `None` when the count overflows. The size
+/// [`check_config_size`] compares with the weights file.
+pub(crate) fn transformer_parameters(
+    embedding_rows: u128,
+    d_model: u128,
+    d_ff: u128,
+    n_layers: u128,
+) -> Option<u128> {
+    let block = d_model
+        .checked_mul(d_model)?
+        .checked_mul(4)?
+        .checked_add(d_model.checked_mul(d_ff)?.checked_mul(2)?)?;
+    embedding_rows
+        .checked_mul(d_model)?
+        .checked_add(block.checked_mul(n_layers)?)
 }
 
 /// Refuses a `config.json` that describes a model far larger than `model.safetensors` holds,
