@@ -65,4 +65,7 @@ pub mod guide {
     pub struct Training;
     #[doc = include_str!("../docs/compression.md")]
     pub struct Compression;
+    #[cfg(feature = "learner")]
+    #[doc = include_str!("../docs/scaling.md")]
+    pub struct Scaling;
 }

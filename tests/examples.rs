@@ -50,6 +50,30 @@ fn gpt_char_trains_and_samples() {
 }
 
 #[test]
+fn gpt_char_trains_on_two_replicas_with_burn_train() {
+    let a: gpt_char::Args = args(
+        "--devices flex,flex --steps 40 --batch-size 8 --context 16 --d-model 32 --layers 1 \
+         --heads 2 --sample-len 10 --quiet",
+    );
+    let s = gpt_char::run(&a).unwrap();
+    assert_falls("gpt_char --devices flex,flex", s.first_loss, s.last_loss);
+    assert!(s.valid_loss.is_finite());
+    assert_eq!(s.sample.chars().count(), 10);
+}
+
+#[test]
+fn bert_mlm_ddp_on_cpu_devices_is_a_clear_error() {
+    let a: bert_mlm::Args = args(
+        "--devices flex,flex --ddp --steps 2 --batch-size 8 --d-model 32 --layers 1 --heads 2 \
+         --vocab-size 300 --quiet",
+    );
+    let err = bert_mlm::run(&a)
+        .err()
+        .expect("DDP needs collective operations");
+    assert!(err.to_string().contains("DDP"), "{err}");
+}
+
+#[test]
 fn lstm_lm_trains_and_reports_perplexity() {
     let a: lstm_lm::Args =
         args("--steps 40 --bptt 12 --embedding 32 --hidden 32 --layers 1 --eval-every 20 --quiet");

@@ -24,7 +24,7 @@ use lmforge::data::tokenizer::{Encoding, HfTokenizer, Tokenizer, WordPieceTrainO
 use lmforge::models::bert::{BertConfig, BertInput};
 use lmforge::objectives::masked_lm::MaskingConfig;
 use lmforge::training::tasks::MaskedLmTask;
-use lmforge::training::{Batches, Evaluation, Schedule, TrainOutput, TrainerConfig};
+use lmforge::training::{Batches, Schedule, TrainerConfig};
 
 /// Pre-train a small BERT with masked-language modelling.
 #[derive(Parser, Debug, Clone)]
@@ -36,6 +36,14 @@ pub struct Args {
     /// Backend: flex, ndarray, wgpu, ... (default: LMFORGE_DEVICE or the build's default).
     #[arg(long)]
     pub device: Option<String>,
+    /// Train with burn-train's Learner on these devices, one model replica each, the batch
+    /// split between them (comma-separated backend names, e.g. `flex,flex` or `flex,wgpu`).
+    #[arg(long)]
+    pub devices: Option<String>,
+    /// With --devices: distributed data parallel (all-reduce; CUDA devices only in burn 0.22)
+    /// instead of gathering the gradients on the first device.
+    #[arg(long)]
+    pub ddp: bool,
     /// Optimizer steps.
     #[arg(long, default_value_t = 2000)]
     pub steps: usize,
@@ -138,6 +146,7 @@ fn documents(args: &Args) -> Result<Vec<Vec<String>>> {
 /// Runs the example with `args` and returns what it measured.
 pub fn run(args: &Args) -> Result<Summary> {
     let device = common::training_device(args.device.as_deref(), args.quiet)?;
+    let parallel = common::parallel(args.devices.as_deref(), args.ddp, args.quiet)?;
     let docs = documents(args)?;
     let sentences: Vec<&str> = docs.iter().flatten().map(String::as_str).collect();
 
@@ -211,13 +220,22 @@ pub fn run(args: &Args) -> Result<Summary> {
         let train = Batches::new(pick(&train_ids), args.batch_size).with_seed(args.seed);
         let valid = Batches::new(pick(&valid_ids), args.batch_size).in_order();
         let model = config.init_pretraining(&device)?;
-        let out = trainer.fit(model, &task, &train, Some(&valid))?;
-        let eval = last_eval(&out)?;
-        let model = out.model.valid();
+        let trained = common::train(
+            parallel.as_ref(),
+            &trainer,
+            model,
+            &task,
+            &train,
+            &valid,
+            args.batch_size,
+            args.out.as_deref(),
+        )?;
+        let eval = trained.last_eval.context("no evaluation ran")?;
+        let model = trained.model.valid();
         let predictions = predict(&tokenizer, &prompts, &device, |input| {
             model.forward(input).mlm_logits
         })?;
-        (common::loss_trend(&out.history)?, eval, predictions)
+        (trained.losses, eval, predictions)
     } else {
         let items = sentences
             .iter()
@@ -228,13 +246,22 @@ pub fn run(args: &Args) -> Result<Summary> {
         let train = Batches::new(pick(&train_ids), args.batch_size).with_seed(args.seed);
         let valid = Batches::new(pick(&valid_ids), args.batch_size).in_order();
         let model = config.init_masked_lm(&device)?;
-        let out = trainer.fit(model, &task, &train, Some(&valid))?;
-        let eval = last_eval(&out)?;
-        let model = out.model.valid();
+        let trained = common::train(
+            parallel.as_ref(),
+            &trainer,
+            model,
+            &task,
+            &train,
+            &valid,
+            args.batch_size,
+            args.out.as_deref(),
+        )?;
+        let eval = trained.last_eval.context("no evaluation ran")?;
+        let model = trained.model.valid();
         let predictions = predict(&tokenizer, &prompts, &device, |input| {
             model.forward(input).logits
         })?;
-        (common::loss_trend(&out.history)?, eval, predictions)
+        (trained.losses, eval, predictions)
     };
 
     if !args.quiet {
@@ -256,10 +283,6 @@ pub fn run(args: &Args) -> Result<Summary> {
         valid_accuracy: valid.accuracy.unwrap_or(0.0),
         predictions,
     })
-}
-
-fn last_eval<M>(out: &TrainOutput<M>) -> Result<Evaluation> {
-    out.last_eval.context("no evaluation ran")
 }
 
 /// The five most likely tokens at the first `[MASK]` of each sentence.

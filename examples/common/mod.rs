@@ -350,3 +350,170 @@ pub fn loss_trend(history: &[lmforge::training::Record]) -> Result<(f64, f64)> {
     let mean = |s: &[f64]| s.iter().sum::<f64>() / s.len() as f64;
     Ok((mean(&losses[..k]), mean(&losses[losses.len() - k..])))
 }
+
+/// Where the `--devices` flag sends training: lmforge's own trainer on one device (`None`), or
+/// burn-train's `Learner` over these devices.
+pub struct Parallel {
+    /// The devices (autodiff), one model replica each.
+    pub devices: Vec<Device>,
+    /// All-reduce DDP instead of gathering gradients on the first device.
+    pub ddp: bool,
+}
+
+/// Parses `--devices flex,flex` / `--devices flex,wgpu` (backend names, one per replica).
+pub fn parallel(devices: Option<&str>, ddp: bool, quiet: bool) -> Result<Option<Parallel>> {
+    let Some(list) = devices else {
+        anyhow::ensure!(!ddp, "--ddp needs --devices");
+        return Ok(None);
+    };
+    let devices = list
+        .split(',')
+        .map(|name| {
+            let selected = lmforge::device::select_named(Some(name.trim()))?;
+            if !quiet {
+                println!("replica device: {selected}");
+            }
+            Ok(selected.device.autodiff())
+        })
+        .collect::<Result<Vec<Device>>>()?;
+    anyhow::ensure!(!devices.is_empty(), "--devices names no device");
+    Ok(Some(Parallel { devices, ddp }))
+}
+
+/// A trained model and the losses a run reports.
+pub struct Trained<M> {
+    /// The model after training.
+    pub model: M,
+    /// Training loss at the start and at the end (see [`loss_trend`]; with `--devices`, the
+    /// loss on the first 10 training batches before and after).
+    pub losses: (f64, f64),
+    /// The last evaluation on the validation batches.
+    pub last_eval: Option<lmforge::training::Evaluation>,
+}
+
+/// Trains with lmforge's trainer, or, with `parallel`, with burn-train's `Learner` over its
+/// devices for as many epochs as cover the trainer's steps (same schedule, optimizer,
+/// clipping and seed; the global batch of `batch_size` is split across the devices).
+#[allow(clippy::too_many_arguments)]
+pub fn train<M, T>(
+    parallel: Option<&Parallel>,
+    trainer: &lmforge::training::Trainer,
+    model: M,
+    task: &T,
+    train: &lmforge::training::Batches<T::Item>,
+    valid: &lmforge::training::Batches<T::Item>,
+    batch_size: usize,
+    out: Option<&std::path::Path>,
+) -> Result<Trained<M>>
+where
+    M: burn::module::Module + burn::module::ModuleDisplay + 'static,
+    T: lmforge::training::Task<M> + Clone + std::fmt::Debug + 'static,
+    T::Item: std::fmt::Debug + 'static,
+{
+    let quiet = trainer.config().progress == lmforge::training::Progress::Silent;
+    let Some(parallel) = parallel else {
+        let out = trainer.fit(model, task, train, Some(valid))?;
+        return Ok(Trained {
+            losses: loss_trend(&out.history)?,
+            last_eval: out.last_eval,
+            model: out.model,
+        });
+    };
+    train_on_devices(
+        parallel, trainer, model, task, train, valid, batch_size, out, quiet,
+    )
+}
+
+#[cfg(feature = "learner")]
+#[allow(clippy::too_many_arguments)]
+fn train_on_devices<M, T>(
+    parallel: &Parallel,
+    trainer: &lmforge::training::Trainer,
+    model: M,
+    task: &T,
+    train: &lmforge::training::Batches<T::Item>,
+    valid: &lmforge::training::Batches<T::Item>,
+    batch_size: usize,
+    out: Option<&std::path::Path>,
+    quiet: bool,
+) -> Result<Trained<M>>
+where
+    M: burn::module::Module + burn::module::ModuleDisplay + 'static,
+    T: lmforge::training::Task<M> + Clone + std::fmt::Debug + 'static,
+    T::Item: std::fmt::Debug + 'static,
+{
+    use lmforge::training::evaluate;
+    use lmforge::training::learner::{LearnerConfig, LearnerTrainer, Parallelism};
+
+    let config = trainer.config();
+    let replicas = parallel.devices.len();
+    let per_device = batch_size.div_ceil(replicas);
+    let learner_config = |epochs| {
+        let mut learner = LearnerConfig::new(epochs, per_device, config.schedule.clone())
+            .with_optimizer(config.optimizer.clone())
+            .with_grad_accumulation(config.grad_accumulation)
+            .with_seed(config.seed)
+            .with_parallelism(if parallel.ddp {
+                Parallelism::Ddp
+            } else {
+                Parallelism::DataParallel
+            });
+        if let Some(max) = config.max_grad_norm {
+            learner = learner.with_max_grad_norm(max);
+        }
+        learner
+    };
+    // A run shorter than one pass reads the trainer's first (shuffled) global batches only.
+    let global_batches = config.steps * config.grad_accumulation;
+    let items: Vec<T::Item> = if global_batches < train.len() {
+        (0..global_batches as u64)
+            .flat_map(|p| train.at(p))
+            .collect()
+    } else {
+        train.items().to_vec()
+    };
+    let per_epoch = LearnerTrainer::new(learner_config(1))
+        .with_devices(parallel.devices.clone())
+        .steps(items.len());
+    let epochs = config.steps.div_ceil(per_epoch.max(1)).max(1);
+    let dir = match out {
+        Some(out) => out.join("burn-train"),
+        None => std::env::temp_dir().join(format!("lmforge-learner-{}", std::process::id())),
+    };
+    let before = evaluate(&model, task, train, Some(10))?.loss;
+    let fitted = LearnerTrainer::new(learner_config(epochs))
+        .with_devices(parallel.devices.clone())
+        .quiet(quiet)
+        .fit(model, task, items, valid.items().to_vec(), &dir)?;
+    if out.is_none() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    let model = fitted.model.train().fork(&parallel.devices[0]);
+    let after = evaluate(&model, task, train, Some(10))?.loss;
+    let last_eval = evaluate(&model, task, valid, None)?;
+    Ok(Trained {
+        model,
+        losses: (before, after),
+        last_eval: Some(last_eval),
+    })
+}
+
+#[cfg(not(feature = "learner"))]
+#[allow(clippy::too_many_arguments)]
+fn train_on_devices<M, T>(
+    _parallel: &Parallel,
+    _trainer: &lmforge::training::Trainer,
+    _model: M,
+    _task: &T,
+    _train: &lmforge::training::Batches<T::Item>,
+    _valid: &lmforge::training::Batches<T::Item>,
+    _batch_size: usize,
+    _out: Option<&std::path::Path>,
+    _quiet: bool,
+) -> Result<Trained<M>>
+where
+    M: burn::module::Module + burn::module::ModuleDisplay + 'static,
+    T: lmforge::training::Task<M> + Clone + std::fmt::Debug + 'static,
+{
+    anyhow::bail!("--devices needs lmforge's `learner` feature (on by default)")
+}

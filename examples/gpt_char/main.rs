@@ -30,6 +30,14 @@ pub struct Args {
     /// Backend: flex, ndarray, wgpu, ... (default: LMFORGE_DEVICE or the build's default).
     #[arg(long)]
     pub device: Option<String>,
+    /// Train with burn-train's Learner on these devices, one model replica each, the batch
+    /// split between them (comma-separated backend names, e.g. `flex,flex` or `flex,wgpu`).
+    #[arg(long)]
+    pub devices: Option<String>,
+    /// With --devices: distributed data parallel (all-reduce; CUDA devices only in burn 0.22)
+    /// instead of gathering the gradients on the first device.
+    #[arg(long)]
+    pub ddp: bool,
     /// Optimizer steps.
     #[arg(long, default_value_t = 400)]
     pub steps: usize,
@@ -101,6 +109,7 @@ pub struct Summary {
 /// Runs the example with `args` and returns what it measured.
 pub fn run(args: &Args) -> Result<Summary> {
     let device = common::training_device(args.device.as_deref(), args.quiet)?;
+    let parallel = common::parallel(args.devices.as_deref(), args.ddp, args.quiet)?;
     let text = match &args.data {
         Some(path) => common::read_text(path)?,
         None => common::facts_corpus(4000, args.seed).join("\n"),
@@ -147,9 +156,18 @@ pub fn run(args: &Args) -> Result<Summary> {
         .with_log_every((args.steps / 20).max(1))
         .with_seed(args.seed);
         let trainer = common::trainer(trainer_config, args.out.as_deref(), args.resume, args.quiet);
-        let out = trainer.fit(model, &task, &train, Some(&valid))?;
-        model = out.model;
-        common::loss_trend(&out.history)?
+        let trained = common::train(
+            parallel.as_ref(),
+            &trainer,
+            model,
+            &task,
+            &train,
+            &valid,
+            args.batch_size,
+            args.out.as_deref(),
+        )?;
+        model = trained.model;
+        trained.losses
     };
     let valid_eval = evaluate(&model, &task, &valid, Some(50))?;
 

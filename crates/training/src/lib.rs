@@ -10,6 +10,8 @@
 //! - [`tasks`] holds the tasks of lmforge's models: causal LM (GPT, LSTM LM), masked LM and
 //!   BERT pre-training, sequence and token classification. Your own model trains by
 //!   implementing [`Task`].
+//! - [`learner`] (feature `learner`) runs the same tasks under burn-train's `Learner`: one
+//!   device, several devices with data parallelism, or DDP.
 //! - [`params`] lists parameters by path and freezes them (fine-tuning: embeddings, the first
 //!   N blocks); [`OptimizerConfig::with_lr_group`] gives a head its own learning rate.
 //!
@@ -38,6 +40,8 @@
 pub mod checkpoint;
 mod data;
 mod error;
+#[cfg(feature = "learner")]
+pub mod learner;
 pub mod log;
 mod optimizer;
 pub mod params;

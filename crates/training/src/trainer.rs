@@ -252,7 +252,7 @@ fn evaluate_at<M: Module, T: Task<M>>(
 ) -> Result<Evaluation, TrainError> {
     let model = model.valid();
     let device = model_device(&model);
-    let mut rng = StdRng::seed_from_u64(0x5EED_E7A1);
+    let mut rng = StdRng::seed_from_u64(EVAL_SEED);
     let (mut nll, mut count, mut correct, mut counts_correct) = (0.0, 0i64, 0i64, false);
     let n_batches = max_batches.unwrap_or(usize::MAX).min(data.len());
     for index in 0..n_batches {
@@ -285,6 +285,9 @@ fn evaluate_at<M: Module, T: Task<M>>(
     })
 }
 
+/// The seed of the random generator that evaluation steps get.
+pub(crate) const EVAL_SEED: u64 = 0x5EED_E7A1;
+
 fn model_device<M: Module>(model: &M) -> Device {
     model
         .devices()
@@ -294,7 +297,7 @@ fn model_device<M: Module>(model: &M) -> Device {
 }
 
 /// Mixes the run's seed with a position into an independent-looking seed (SplitMix64).
-fn mix(seed: u64, position: u64) -> u64 {
+pub(crate) fn mix(seed: u64, position: u64) -> u64 {
     let mut z = seed ^ position.wrapping_add(1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

@@ -1,0 +1,353 @@
+//! lmforge tasks under burn-train's `Learner`: the same result as lmforge's own trainer, the
+//! same parameters from two data-parallel replicas as from one device with the same global
+//! batch, the schedule and metrics adapters, and the errors.
+//!
+//! The device's random generator is global and both trainers reseed it, so these tests take a
+//! lock and run one at a time.
+#![cfg(feature = "learner")]
+
+use std::sync::Mutex;
+
+use burn::data::dataloader::Progress;
+use burn::lr_scheduler::LrScheduler;
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, Tensor};
+use burn::train::metric::{Metric, MetricMetadata, Numeric};
+use lmforge_models::gpt::{Gpt, GptConfig};
+use lmforge_training::learner::{
+    LearnerConfig, LearnerTrainer, LmAccuracy, LmPerplexity, LmStats, Parallelism, ScheduleLr,
+};
+use lmforge_training::tasks::CausalLmTask;
+use lmforge_training::{
+    Batches, OptimizerConfig, Progress as TrainProgress, Schedule, TrainError, Trainer,
+    TrainerConfig, evaluate,
+};
+
+static DEVICE_RNG: Mutex<()> = Mutex::new(());
+
+fn lock() -> std::sync::MutexGuard<'static, ()> {
+    DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn device() -> Device {
+    lmforge_device::testing::reference_device()
+        .clone()
+        .autodiff()
+}
+
+fn tmp(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("lmforge-learner-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
+
+const VOCAB: usize = 19;
+
+fn gpt(device: &Device) -> Gpt {
+    GptConfig::tiny(VOCAB).init(device).unwrap()
+}
+
+/// 16 rows of 10 tokens following a simple rule, so the loss can fall.
+fn rows() -> Vec<Vec<u32>> {
+    (0..16u32)
+        .map(|i| {
+            (0..10u32)
+                .map(|t| (i * 5 + t * (1 + i % 3)) % VOCAB as u32)
+                .collect()
+        })
+        .collect()
+}
+
+/// Every parameter's values, in visiting order.
+fn values<M: Module>(model: &M) -> Vec<Vec<f32>> {
+    struct Collect(Vec<Vec<f32>>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0
+                .push(param.val().into_data().try_to_vec::<f32>().unwrap());
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    model.visit(&mut collect);
+    collect.0
+}
+
+fn max_abs_diff(a: &[Vec<f32>], b: &[Vec<f32>]) -> f32 {
+    assert_eq!(a.len(), b.len(), "different parameter counts");
+    a.iter()
+        .zip(b)
+        .flat_map(|(x, y)| {
+            assert_eq!(x.len(), y.len());
+            x.iter().zip(y).map(|(p, q)| (p - q).abs())
+        })
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn the_learner_reaches_the_same_model_and_loss_as_lmforges_trainer() {
+    let _guard = lock();
+    let device = device();
+    let start = gpt(&device);
+    let schedule = Schedule::warmup_cosine(1e-2, 2);
+    let optimizer = OptimizerConfig::adamw().with_weight_decay(0.1);
+    let task = CausalLmTask::new(0);
+    let (epochs, batch) = (2, 4);
+
+    let config = LearnerConfig::new(epochs, batch, schedule.clone())
+        .with_optimizer(optimizer.clone())
+        .with_max_grad_norm(0.5)
+        .with_seed(7);
+    let dir = tmp("same-as-trainer");
+    let learned = LearnerTrainer::new(config)
+        .fit(start.clone(), &task, rows(), rows(), &dir)
+        .unwrap();
+    assert_eq!(learned.steps, 8);
+    // burn-train wrote its run directory.
+    assert!(dir.join("experiment.log").is_file());
+
+    let trainer_config = TrainerConfig::new(learned.steps, schedule)
+        .with_optimizer(optimizer)
+        .with_max_grad_norm(0.5)
+        .with_seed(7)
+        .with_progress(TrainProgress::Silent);
+    let data = Batches::new(rows(), batch).in_order();
+    let trained = Trainer::new(trainer_config)
+        .fit(start.clone(), &task, &data, None)
+        .unwrap()
+        .model;
+
+    let before = evaluate(&start, &task, &data, None).unwrap().loss;
+    let by_learner = evaluate(&learned.model, &task, &data, None).unwrap().loss;
+    let by_trainer = evaluate(&trained, &task, &data, None).unwrap().loss;
+    assert!(
+        by_trainer < before - 0.1,
+        "training must move the loss: {before} -> {by_trainer}"
+    );
+    assert!(
+        (by_learner - by_trainer).abs() < 1e-4,
+        "loss after burn-train {by_learner} vs lmforge's trainer {by_trainer}"
+    );
+    let diff = max_abs_diff(&values(&learned.model), &values(&trained));
+    assert!(diff < 1e-4, "parameters differ by up to {diff}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Two replicas, each reading a batch of 4 from its half of the data, against one device
+/// reading the same 8 rows as one batch. SGD with momentum: its update is linear in the
+/// gradient, so the replicas' summed gradients (rounded in another order) change the
+/// parameters by rounding only (measured: 1e-7 after 4 steps that move them by 0.2). Adam
+/// divides by the root of its second moment, which turns rounding-level differences in
+/// near-zero gradient components into visible ones (5e-4 after 4 steps at lr 0.02).
+fn data_parallel_matches_one_device(second: Device) {
+    let device = device();
+    let start = gpt(&device);
+    let schedule = Schedule::warmup_linear(0.5, 1);
+    let task = CausalLmTask::new(0);
+    let (epochs, batch) = (2, 4);
+
+    let config = LearnerConfig::new(epochs, batch, schedule.clone())
+        .with_optimizer(OptimizerConfig::sgd(0.9))
+        .with_parallelism(Parallelism::DataParallel);
+    let dir = tmp("data-parallel");
+    let parallel = LearnerTrainer::new(config)
+        .with_devices(vec![device.clone(), second])
+        .fit(start.clone(), &task, rows(), rows(), &dir)
+        .unwrap();
+    assert_eq!(parallel.steps, 4);
+
+    // burn splits the 16 rows into shards 0..8 and 8..16; step k reads rows 4k..4k+4 of each.
+    let all = rows();
+    let global: Vec<Vec<u32>> = (0..2)
+        .flat_map(|k| {
+            let first = all[4 * k..4 * k + 4].to_vec();
+            let second = all[8 + 4 * k..8 + 4 * k + 4].to_vec();
+            first.into_iter().chain(second)
+        })
+        .collect();
+    let trainer_config = TrainerConfig::new(parallel.steps, schedule)
+        .with_optimizer(OptimizerConfig::sgd(0.9))
+        .with_progress(TrainProgress::Silent);
+    let single = Trainer::new(trainer_config)
+        .fit(
+            start.clone(),
+            &task,
+            &Batches::new(global, 2 * batch).in_order(),
+            None,
+        )
+        .unwrap()
+        .model;
+
+    let moved = max_abs_diff(&values(&single), &values(&start));
+    assert!(moved > 1e-2, "training must move the parameters ({moved})");
+    let diff = max_abs_diff(&values(&parallel.model), &values(&single));
+    eprintln!("parameters moved by up to {moved}; replicas vs one device: {diff}");
+    assert!(
+        diff < 1e-5,
+        "two replicas vs one device: parameters differ by up to {diff}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn two_data_parallel_replicas_match_one_device_with_the_same_global_batch() {
+    let _guard = lock();
+    // flex has one device; two replicas share it, each in its own worker thread.
+    data_parallel_matches_one_device(device());
+}
+
+#[test]
+fn data_parallel_across_backends_matches_one_device() {
+    let _guard = lock();
+    // Replica 0 on the reference device (flex), replica 1 on each other compiled test device
+    // (ndarray, and wgpu on the software adapter in CI).
+    let others = &lmforge_device::testing::test_devices()[1..];
+    if others.is_empty() {
+        eprintln!("one backend compiled: nothing to compare across");
+    }
+    for other in others {
+        eprintln!("second replica on {other}");
+        data_parallel_matches_one_device(other.device.clone().autodiff());
+    }
+}
+
+#[test]
+fn ddp_on_devices_without_collectives_is_refused() {
+    let _guard = lock();
+    let device = device();
+    let config =
+        LearnerConfig::new(1, 4, Schedule::constant(1e-3)).with_parallelism(Parallelism::Ddp);
+    let err = LearnerTrainer::new(config)
+        .with_devices(vec![device.clone(), device.clone()])
+        .fit(
+            gpt(&device),
+            &CausalLmTask::new(0),
+            rows(),
+            rows(),
+            tmp("ddp"),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, TrainError::InvalidConfig(m) if m.contains("DDP") && m.contains("collective")),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_failing_task_step_is_a_typed_error() {
+    let _guard = lock();
+    let device = device();
+    let config = LearnerConfig::new(1, 2, Schedule::constant(1e-3));
+    // One-token rows: nothing to predict.
+    let short = vec![vec![1u32]; 4];
+    let err = LearnerTrainer::new(config)
+        .fit(
+            gpt(&device),
+            &CausalLmTask::new(0),
+            short,
+            rows(),
+            tmp("failing"),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, TrainError::Task { source, .. } if source.to_string().contains("at least 2 tokens")),
+        "{err}"
+    );
+}
+
+#[test]
+fn bad_configs_are_refused_before_training() {
+    let device = device();
+    let fit = |config: LearnerConfig, train: Vec<Vec<u32>>, devices: usize| {
+        LearnerTrainer::new(config)
+            .with_devices(vec![device.clone(); devices])
+            .fit(
+                gpt(&device),
+                &CausalLmTask::new(0),
+                train,
+                rows(),
+                tmp("bad"),
+            )
+            .unwrap_err()
+    };
+    let ok = || LearnerConfig::new(1, 2, Schedule::constant(1e-3));
+    for (err, what) in [
+        (
+            fit(LearnerConfig { epochs: 0, ..ok() }, rows(), 1),
+            "epochs",
+        ),
+        (
+            fit(
+                LearnerConfig {
+                    batch_size: 0,
+                    ..ok()
+                },
+                rows(),
+                1,
+            ),
+            "batch_size",
+        ),
+        (
+            fit(ok().with_grad_accumulation(0), rows(), 1),
+            "grad_accumulation",
+        ),
+        (
+            fit(ok().with_max_grad_norm(f64::NAN), rows(), 1),
+            "max_grad_norm",
+        ),
+        (fit(ok(), Vec::new(), 1), "at least one example"),
+        (fit(ok(), rows()[..2].to_vec(), 3), "cannot feed 3 devices"),
+    ] {
+        assert!(
+            matches!(&err, TrainError::InvalidConfig(m) if m.contains(what)),
+            "expected `{what}`: {err}"
+        );
+    }
+}
+
+#[test]
+fn schedule_lr_answers_the_trainers_rates_and_resumes_from_its_record() {
+    let schedule = Schedule::warmup_cosine(1e-3, 3).with_final_lr(1e-5);
+    let mut lr = ScheduleLr::new(schedule.clone(), 10, 0.5);
+    for step in 0..4 {
+        assert_eq!(lr.step(), 0.5 * schedule.lr(step, 10));
+    }
+    let record = lr.to_record();
+    let mut resumed = ScheduleLr::new(schedule.clone(), 10, 0.5);
+    resumed.load_record(record);
+    assert_eq!(resumed.step(), 0.5 * schedule.lr(4, 10));
+    assert_eq!(lr.step(), 0.5 * schedule.lr(4, 10));
+}
+
+#[test]
+fn perplexity_and_accuracy_pool_the_sums_of_an_epoch() {
+    let meta = MetricMetadata {
+        progress: Progress::new(1, 2, None),
+        iteration: Some(1),
+        lr: None,
+    };
+    let batches = [
+        LmStats {
+            nll_sum: 6.0,
+            count: 3,
+            correct: Some(1),
+        },
+        LmStats {
+            nll_sum: 1.0,
+            count: 1,
+            correct: Some(1),
+        },
+    ];
+    let mut perplexity = LmPerplexity::new();
+    let mut accuracy = LmAccuracy::new();
+    for batch in &batches {
+        perplexity.update(batch, &meta).unwrap();
+        accuracy.update(batch, &meta).unwrap();
+    }
+    // exp((6 + 1) / (3 + 1)), not the mean of exp(2) and exp(1).
+    let expected = (7.0f64 / 4.0).exp();
+    assert!((perplexity.final_value().current() - expected).abs() < 1e-12);
+    assert!((perplexity.value().unwrap().current() - 1.0f64.exp()).abs() < 1e-12);
+    assert_eq!(accuracy.final_value().current(), 0.5);
+    perplexity.clear();
+    assert!(perplexity.final_value().current().is_infinite());
+}
