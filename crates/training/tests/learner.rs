@@ -128,6 +128,10 @@ fn the_learner_reaches_the_same_model_and_loss_as_lmforges_trainer() {
         "loss after burn-train {by_learner} vs lmforge's trainer {by_trainer}"
     );
     let diff = max_abs_diff(&values(&learned.model), &values(&trained));
+    eprintln!(
+        "loss {before} -> {by_learner} (Learner) / {by_trainer} (trainer); parameters differ by \
+         up to {diff}"
+    );
     assert!(diff < 1e-4, "parameters differ by up to {diff}");
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -208,6 +212,77 @@ fn data_parallel_across_backends_matches_one_device() {
         eprintln!("second replica on {other}");
         data_parallel_matches_one_device(other.device.clone().autodiff());
     }
+}
+
+/// The last value burn-train logged for `metric` in `split` ("train"/"valid") of `epoch`.
+fn logged(dir: &std::path::Path, split: &str, epoch: usize, metric: &str) -> f64 {
+    let path = dir
+        .join(split)
+        .join(format!("epoch-{epoch}"))
+        .join(format!("{metric}.log"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let last = text.lines().last().expect("a logged value");
+    last.split(',').next().unwrap().parse().unwrap()
+}
+
+/// BERT masked-LM pre-training under the Learner on two replicas: the masking runs inside
+/// the task on each replica, and the validation perplexity and accuracy burn-train logs are
+/// the ones lmforge's `evaluate` computes for the trained model (one validation batch, so
+/// both draw the same masks).
+#[test]
+fn bert_masked_lm_trains_under_the_learner_and_logs_lmforge_metrics() {
+    use lmforge_data::tokenizer::Encoding;
+    use lmforge_models::bert::BertConfig;
+    use lmforge_objectives::masked_lm::MaskingConfig;
+    use lmforge_training::tasks::MaskedLmTask;
+
+    let _guard = lock();
+    let device = device();
+    let encodings: Vec<Encoding> = rows()
+        .into_iter()
+        .map(|ids| {
+            let ids: Vec<u32> = ids.into_iter().map(|id| id + 2).collect();
+            let n = ids.len();
+            Encoding {
+                ids,
+                type_ids: vec![0; n],
+                word_ids: (0..n as u32).map(Some).collect(),
+                special_tokens_mask: vec![false; n],
+            }
+        })
+        .collect();
+    let vocab = VOCAB + 2;
+    let batcher = lmforge_data::batcher::BatcherConfig::new(0)
+        .with_vocab_size(vocab)
+        .init()
+        .unwrap();
+    // Mask half the tokens so a 4-row batch has plenty of targets.
+    let masking = MaskingConfig::new(1, vocab, vec![0, 1]).with_probability(0.5);
+    let task = MaskedLmTask::new(batcher, masking);
+    let model = BertConfig::tiny(vocab).init_masked_lm(&device).unwrap();
+    let valid = encodings[..4].to_vec();
+
+    let dir = tmp("bert-mlm");
+    let config = LearnerConfig::new(2, 4, Schedule::warmup_cosine(5e-3, 1)).with_seed(3);
+    let out = LearnerTrainer::new(config)
+        .with_devices(vec![device.clone(), device.clone()])
+        .quiet(true)
+        .fit(model, &task, encodings, valid.clone(), &dir)
+        .unwrap();
+    assert_eq!(out.steps, 4);
+
+    let evaluation = evaluate(&out.model, &task, &Batches::new(valid, 4).in_order(), None).unwrap();
+    let perplexity = logged(&dir, "valid", 2, "Perplexity");
+    let accuracy = logged(&dir, "valid", 2, "Accuracy");
+    let loss = logged(&dir, "valid", 2, "Loss");
+    eprintln!("logged perplexity {perplexity}, accuracy {accuracy}, loss {loss}; {evaluation:?}");
+    assert!(evaluation.count > 0);
+    assert!((perplexity - evaluation.perplexity).abs() < 1e-3 * evaluation.perplexity);
+    assert!((loss - evaluation.loss).abs() < 1e-4);
+    assert!((accuracy - evaluation.accuracy.unwrap()).abs() < 1e-9);
+    // Training metrics were logged for both epochs.
+    assert!(logged(&dir, "train", 1, "Perplexity").is_finite());
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
