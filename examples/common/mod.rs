@@ -393,7 +393,7 @@ pub struct Trained<M> {
 
 /// Trains with lmforge's trainer, or, with `parallel`, with burn-train's `Learner` over its
 /// devices for as many epochs as cover the trainer's steps (same schedule, optimizer,
-/// clipping and seed; the global batch of `batch_size` is split across the devices).
+/// clipping and seed; the global batch of `batch_size` is split evenly across the devices).
 #[allow(clippy::too_many_arguments)]
 pub fn train<M, T>(
     parallel: Option<&Parallel>,
@@ -447,7 +447,11 @@ where
 
     let config = trainer.config();
     let replicas = parallel.devices.len();
-    let per_device = batch_size.div_ceil(replicas);
+    anyhow::ensure!(
+        batch_size.is_multiple_of(replicas),
+        "--batch-size {batch_size} does not split evenly over {replicas} devices"
+    );
+    let per_device = batch_size / replicas;
     let learner_config = |epochs| {
         let mut learner = LearnerConfig::new(epochs, per_device, config.schedule.clone())
             .with_optimizer(config.optimizer.clone())
@@ -480,6 +484,11 @@ where
         Some(out) => out.join("burn-train"),
         None => std::env::temp_dir().join(format!("lmforge-learner-{}", std::process::id())),
     };
+    let home = model
+        .devices()
+        .into_iter()
+        .next()
+        .context("a model with parameters")?;
     let before = evaluate(&model, task, train, Some(10))?.loss;
     let fitted = LearnerTrainer::new(learner_config(epochs))
         .with_devices(parallel.devices.clone())
@@ -488,7 +497,8 @@ where
     if out.is_none() {
         let _ = std::fs::remove_dir_all(&dir);
     }
-    let model = fitted.model.train().fork(&parallel.devices[0]);
+    // Back on the device the rest of the example uses (sampling, prediction).
+    let model = fitted.model.train().fork(&home);
     let after = evaluate(&model, task, train, Some(10))?.loss;
     let last_eval = evaluate(&model, task, valid, None)?;
     Ok(Trained {

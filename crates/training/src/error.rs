@@ -36,6 +36,10 @@ pub enum TrainError {
         /// The task's error.
         source: crate::task::TaskError,
     },
+    /// Training under burn-train's `Learner` stopped: a task step failed (its message names
+    /// the batch) or burn-train itself failed.
+    #[error("burn-train stopped: {0}")]
+    Learner(String),
     /// A checkpoint could not be read or does not fit the run.
     #[error("checkpoint {path}: {cause}")]
     Checkpoint {

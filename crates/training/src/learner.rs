@@ -80,18 +80,15 @@ pub struct StepSettings {
     pub max_grad_norm: Option<f64>,
     /// The run's seed: a step's random generator is seeded from it and the batch position.
     pub seed: u64,
-    /// Items per batch: a batch's position is its first item's index divided by it.
-    pub batch_size: usize,
 }
 
-impl StepSettings {
-    /// No scaling, no clipping, seed 0, for batches of `batch_size` items.
-    pub fn new(batch_size: usize) -> Self {
+impl Default for StepSettings {
+    /// No scaling, no clipping, seed 0.
+    fn default() -> Self {
         Self {
             loss_scale: 1.0,
             max_grad_norm: None,
             seed: 0,
-            batch_size: batch_size.max(1),
         }
     }
 }
@@ -104,6 +101,10 @@ impl StepSettings {
 /// of range, a non-finite loss) panics with the task's message: burn-train's step signatures
 /// cannot return errors. [`LearnerTrainer::fit`] turns such a failure back into a
 /// [`TrainError`].
+///
+/// burn-train has no hook after an optimizer step, so [`Task::constrain`] is never called:
+/// tasks that constrain the model ([`Task::constrains`], e.g. pruning) belong to lmforge's
+/// [`Trainer`](crate::Trainer); [`LearnerTrainer::fit`] refuses them.
 #[derive(Module, Debug)]
 pub struct TaskModel<M: Module, T: Clone + fmt::Debug + Send + Sync> {
     /// The model being trained.
@@ -203,14 +204,16 @@ where
     }
 }
 
-/// A batch of host-side examples and its position (its first item's index divided by the
-/// batch size): the input of a [`TaskModel`] step.
+/// A batch of host-side examples and its position (its first example's index in the data
+/// divided by the batch size): the input of a [`TaskModel`] step.
 #[derive(Clone, Debug)]
 pub struct TaskBatch<I> {
     /// The examples.
     pub items: Vec<I>,
-    /// Seeds the step's random generator (masked-LM masks, dropout). Because it comes from the
-    /// items' indices, every epoch draws the same masks for the same batch.
+    /// Seeds the step's random generator (masked-LM masks, dropout) and is the task's
+    /// [`StepContext::position`]. It comes from the examples' indices, so it restarts every
+    /// epoch (unlike the trainer's, which counts across passes) and every epoch draws the same
+    /// masks for the same batch.
     pub position: u64,
 }
 
@@ -703,8 +706,9 @@ pub struct LearnerOutput<M> {
 /// It writes burn-train's run directory (`experiment.log`, per-epoch metric logs of the loss,
 /// [`LmPerplexity`] and [`LmAccuracy`] for the training and validation splits) and prints
 /// burn-train's progress lines. Batches are read in order (no shuffling), so a run is
-/// reproducible; with `n` devices the training examples are split into `n` contiguous shards
-/// and step `k` reads batch `k` of every shard.
+/// reproducible. Every step reads full batches on every device: the largest multiple of
+/// `devices x batch_size x grad_accumulation` training examples is used, split into equal
+/// contiguous shards, one per device, and step `k` reads the `k`-th batches of every shard.
 pub struct LearnerTrainer {
     config: LearnerConfig,
     devices: Vec<Device>,
@@ -734,15 +738,19 @@ impl LearnerTrainer {
         self
     }
 
-    /// The optimizer steps a run over `n_train` examples takes.
+    /// Examples one optimizer step reads: `batch_size x grad_accumulation` on each device.
+    fn examples_per_step(&self) -> usize {
+        self.devices.len().max(1)
+            * self.config.batch_size.max(1)
+            * self.config.grad_accumulation.max(1)
+    }
+
+    /// The optimizer steps a run over `n_train` examples takes: every step reads full batches
+    /// on every device, so the last `n_train mod (devices x batch_size x grad_accumulation)`
+    /// examples are not used (as the trainer leaves out the incomplete batch of a shuffled
+    /// pass).
     pub fn steps(&self, n_train: usize) -> usize {
-        let replicas = self.devices.len().max(1);
-        let batch_size = self.config.batch_size.max(1);
-        // burn splits the examples into contiguous shards, the last one taking the remainder,
-        // and steps while any shard has a batch left.
-        let last_shard = n_train - (n_train / replicas) * (replicas - 1);
-        let batches = last_shard.div_ceil(batch_size);
-        self.config.epochs * batches.div_ceil(self.config.grad_accumulation.max(1))
+        self.config.epochs * (n_train / self.examples_per_step())
     }
 
     /// Trains `model` with `task` on `train`, validating on `valid` after every epoch, and
@@ -780,21 +788,43 @@ impl LearnerTrainer {
             self.devices.clone()
         };
         let replicas = devices.len();
-        if train.len() < replicas {
+        if task.constrains() {
+            return Err(TrainError::InvalidConfig(
+                "the task constrains the model after every optimizer step (e.g. pruning), which \
+                 burn-train's Learner cannot do: train it with lmforge's Trainer"
+                    .into(),
+            ));
+        }
+        if config.parallelism == Parallelism::Ddp {
+            if let Some(device) = devices.iter().find(|d| !supports_collectives(d)) {
+                return Err(TrainError::InvalidConfig(format!(
+                    "DDP needs collective operations, which burn 0.22 implements on CUDA and \
+                     remote devices only; {device:?} has none (use Parallelism::DataParallel)"
+                )));
+            }
+            let names: Vec<String> = devices.iter().map(|d| format!("{d:?}")).collect();
+            if (1..names.len()).any(|i| names[..i].contains(&names[i])) {
+                return Err(TrainError::InvalidConfig(
+                    "DDP needs distinct devices; a device is listed twice".into(),
+                ));
+            }
+        }
+        // Full batches on every device for every step: equal shards, so every replica takes
+        // the same steps (DDP's all-reduce needs every peer) and the loss scaling is exact.
+        let per_step = self.examples_per_step();
+        let used = train.len() / per_step * per_step;
+        if used == 0 {
             return Err(TrainError::InvalidConfig(format!(
-                "{} training examples cannot feed {replicas} devices",
-                train.len()
+                "{} training examples do not fill one step of {replicas} device(s) x batch_size \
+                 {} x grad_accumulation {}",
+                train.len(),
+                config.batch_size,
+                config.grad_accumulation
             )));
         }
-        if config.parallelism == Parallelism::Ddp
-            && let Some(device) = devices.iter().find(|d| !supports_collectives(d))
-        {
-            return Err(TrainError::InvalidConfig(format!(
-                "DDP needs collective operations, which burn 0.22 implements on CUDA and remote \
-                 devices only; {device:?} has none (use Parallelism::DataParallel)"
-            )));
-        }
-        let steps = self.steps(train.len());
+        let mut train = train;
+        train.truncate(used);
+        let steps = self.steps(used);
 
         // burn-train sums replica gradients in the data-parallel strategy and averages them
         // in DDP; it always sums accumulated batches.
@@ -810,7 +840,6 @@ impl LearnerTrainer {
                 .max_grad_norm
                 .map(|max| max / (summed_replicas * config.grad_accumulation) as f64),
             seed: config.seed,
-            batch_size: config.batch_size,
         };
         let optimizer = config.optimizer.init(&model)?;
         let mut scheduler =
@@ -861,10 +890,7 @@ impl LearnerTrainer {
         }
         let launched =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| training.launch(learner)));
-        let failure = |message: String| TrainError::Task {
-            step: 0,
-            source: message.into(),
-        };
+        let failure = TrainError::Learner;
         let result = launched.map_err(|payload| failure(panic_message(payload.as_ref())))?;
         if let Some(error) = interrupter.error() {
             return Err(failure(error.to_string()));

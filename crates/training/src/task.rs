@@ -95,6 +95,13 @@ pub trait Task<M>: Send + Sync {
         let _ = step;
         Ok(model)
     }
+
+    /// Whether [`constrain`](Task::constrain) changes the model (the default: it does not).
+    /// Training loops that cannot call `constrain` after every optimizer step (burn-train's
+    /// `Learner`) refuse tasks that answer `true`.
+    fn constrains(&self) -> bool {
+        false
+    }
 }
 
 /// The error type of [`Task::step`]: any error, boxed.

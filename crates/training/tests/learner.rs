@@ -19,8 +19,8 @@ use lmforge_training::learner::{
 };
 use lmforge_training::tasks::CausalLmTask;
 use lmforge_training::{
-    Batches, OptimizerConfig, Progress as TrainProgress, Schedule, TrainError, Trainer,
-    TrainerConfig, evaluate,
+    Batches, OptimizerConfig, Progress as TrainProgress, Schedule, StepContext, StepOutput, Task,
+    TaskError, TrainError, Trainer, TrainerConfig, evaluate,
 };
 
 static DEVICE_RNG: Mutex<()> = Mutex::new(());
@@ -142,7 +142,7 @@ fn the_learner_reaches_the_same_model_and_loss_as_lmforges_trainer() {
 /// parameters by rounding only (measured: 1e-7 after 4 steps that move them by 0.2). Adam
 /// divides by the root of its second moment, which turns rounding-level differences in
 /// near-zero gradient components into visible ones (5e-4 after 4 steps at lr 0.02).
-fn data_parallel_matches_one_device(second: Device) {
+fn data_parallel_matches_one_device(second: Device, extra_rows: usize) {
     let device = device();
     let start = gpt(&device);
     let schedule = Schedule::warmup_linear(0.5, 1);
@@ -153,9 +153,13 @@ fn data_parallel_matches_one_device(second: Device) {
         .with_optimizer(OptimizerConfig::sgd(0.9))
         .with_parallelism(Parallelism::DataParallel);
     let dir = tmp("data-parallel");
+    // Rows beyond a multiple of 2 devices x 4 are left out, so both shards stay 0..8 and 8..16.
+    let mut train = rows();
+    train.extend(rows().into_iter().take(extra_rows));
     let parallel = LearnerTrainer::new(config)
         .with_devices(vec![device.clone(), second])
-        .fit(start.clone(), &task, rows(), rows(), &dir)
+        .quiet(true)
+        .fit(start.clone(), &task, train, rows(), &dir)
         .unwrap();
     assert_eq!(parallel.steps, 4);
 
@@ -195,8 +199,9 @@ fn data_parallel_matches_one_device(second: Device) {
 #[test]
 fn two_data_parallel_replicas_match_one_device_with_the_same_global_batch() {
     let _guard = lock();
-    // flex has one device; two replicas share it, each in its own worker thread.
-    data_parallel_matches_one_device(device());
+    // flex has one device; two replicas share it, each in its own worker thread. Two rows
+    // too many for full batches on both devices are left out.
+    data_parallel_matches_one_device(device(), 2);
 }
 
 #[test]
@@ -210,7 +215,7 @@ fn data_parallel_across_backends_matches_one_device() {
     }
     for other in others {
         eprintln!("second replica on {other}");
-        data_parallel_matches_one_device(other.device.clone().autodiff());
+        data_parallel_matches_one_device(other.device.clone().autodiff(), 0);
     }
 }
 
@@ -324,7 +329,7 @@ fn a_failing_task_step_is_a_typed_error() {
         )
         .unwrap_err();
     assert!(
-        matches!(&err, TrainError::Task { source, .. } if source.to_string().contains("at least 2 tokens")),
+        matches!(&err, TrainError::Learner(m) if m.contains("at least 2 tokens")),
         "{err}"
     );
 }
@@ -370,13 +375,100 @@ fn bad_configs_are_refused_before_training() {
             "max_grad_norm",
         ),
         (fit(ok(), Vec::new(), 1), "at least one example"),
-        (fit(ok(), rows()[..2].to_vec(), 3), "cannot feed 3 devices"),
+        (
+            fit(ok(), rows()[..5].to_vec(), 3),
+            "do not fill one step of 3 device(s)",
+        ),
     ] {
         assert!(
             matches!(&err, TrainError::InvalidConfig(m) if m.contains(what)),
             "expected `{what}`: {err}"
         );
     }
+}
+
+/// Gradient accumulation: burn-train sums the gradients of the accumulated batches, lmforge
+/// scales each batch's loss by 1 / accumulation, so two batches of 4 per step give the
+/// trainer's step on the same two batches.
+#[test]
+fn accumulated_batches_give_the_trainers_steps() {
+    let _guard = lock();
+    let device = device();
+    let start = gpt(&device);
+    let schedule = Schedule::warmup_linear(0.5, 1);
+    let optimizer = OptimizerConfig::sgd(0.9);
+    let task = CausalLmTask::new(0);
+    let config = LearnerConfig::new(1, 4, schedule.clone())
+        .with_optimizer(optimizer.clone())
+        .with_grad_accumulation(2);
+    let dir = tmp("accumulation");
+    let learned = LearnerTrainer::new(config)
+        .quiet(true)
+        .fit(start.clone(), &task, rows(), rows(), &dir)
+        .unwrap();
+    assert_eq!(learned.steps, 2);
+    let trainer_config = TrainerConfig::new(2, schedule)
+        .with_optimizer(optimizer)
+        .with_grad_accumulation(2)
+        .with_progress(TrainProgress::Silent);
+    let trained = Trainer::new(trainer_config)
+        .fit(
+            start.clone(),
+            &task,
+            &Batches::new(rows(), 4).in_order(),
+            None,
+        )
+        .unwrap()
+        .model;
+    let moved = max_abs_diff(&values(&trained), &values(&start));
+    let diff = max_abs_diff(&values(&learned.model), &values(&trained));
+    eprintln!("parameters moved by up to {moved}; Learner vs trainer: {diff}");
+    assert!(moved > 1e-2, "training must move the parameters ({moved})");
+    assert!(diff < 1e-5, "parameters differ by up to {diff}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A task whose constraint must run after every optimizer step.
+#[derive(Clone, Debug)]
+struct Constrained(CausalLmTask);
+
+impl Task<Gpt> for Constrained {
+    type Item = Vec<u32>;
+
+    fn step(
+        &self,
+        model: &Gpt,
+        items: &[Vec<u32>],
+        context: &mut StepContext<'_>,
+    ) -> Result<StepOutput, TaskError> {
+        self.0.step(model, items, context)
+    }
+
+    fn constrain(&self, model: Gpt, _step: usize) -> Result<Gpt, TaskError> {
+        Ok(model)
+    }
+
+    fn constrains(&self) -> bool {
+        true
+    }
+}
+
+#[test]
+fn tasks_that_constrain_the_model_are_refused() {
+    let device = device();
+    let err = LearnerTrainer::new(LearnerConfig::new(1, 4, Schedule::constant(1e-3)))
+        .fit(
+            gpt(&device),
+            &Constrained(CausalLmTask::new(0)),
+            rows(),
+            rows(),
+            tmp("constrained"),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, TrainError::InvalidConfig(m) if m.contains("constrains the model")),
+        "{err}"
+    );
 }
 
 #[test]

@@ -443,6 +443,11 @@ impl<M: Module, T: Task<M>> Task<M> for PrunedTask<T> {
         self.inner.step(model, items, context)
     }
 
+    /// Pruning holds removed weights at zero after every update.
+    fn constrains(&self) -> bool {
+        true
+    }
+
     /// Applies the inner task's constraint, then the masks. For a gradual schedule, masks
     /// are computed from the weights when their update count is reached (or on resume: the
     /// checkpoint's weights are zero exactly where the masks in force remove them, so the same
