@@ -335,6 +335,31 @@ fn a_failing_task_step_is_a_typed_error() {
 }
 
 #[test]
+fn a_failing_step_on_a_replica_is_a_typed_error() {
+    let _guard = lock();
+    let device = device();
+    let config = LearnerConfig::new(1, 2, Schedule::constant(1e-3));
+    // Burn-train's multi-device workers catch the panic and stop training through the
+    // interrupter; the error comes back from there.
+    let short = vec![vec![1u32]; 4];
+    let err = LearnerTrainer::new(config)
+        .with_devices(vec![device.clone(), device.clone()])
+        .quiet(true)
+        .fit(
+            gpt(&device),
+            &CausalLmTask::new(0),
+            short,
+            rows(),
+            tmp("failing-replica"),
+        )
+        .unwrap_err();
+    assert!(
+        matches!(&err, TrainError::Learner(m) if m.contains("at least 2 tokens")),
+        "{err}"
+    );
+}
+
+#[test]
 fn bad_configs_are_refused_before_training() {
     let device = device();
     let fit = |config: LearnerConfig, train: Vec<Vec<u32>>, devices: usize| {
