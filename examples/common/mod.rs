@@ -419,9 +419,17 @@ where
             model: out.model,
         });
     };
-    train_on_devices(
-        parallel, trainer, model, task, train, valid, batch_size, out, quiet,
-    )
+    #[cfg(feature = "learner")]
+    {
+        train_on_devices(
+            parallel, trainer, model, task, train, valid, batch_size, out, quiet,
+        )
+    }
+    #[cfg(not(feature = "learner"))]
+    {
+        let _ = (parallel, model, task, train, valid, batch_size, out, quiet);
+        anyhow::bail!("--devices needs lmforge's `learner` feature (on by default)")
+    }
 }
 
 #[cfg(feature = "learner")]
@@ -506,24 +514,4 @@ where
         losses: (before, after),
         last_eval: Some(last_eval),
     })
-}
-
-#[cfg(not(feature = "learner"))]
-#[allow(clippy::too_many_arguments)]
-fn train_on_devices<M, T>(
-    _parallel: &Parallel,
-    _trainer: &lmforge::training::Trainer,
-    _model: M,
-    _task: &T,
-    _train: &lmforge::training::Batches<T::Item>,
-    _valid: &lmforge::training::Batches<T::Item>,
-    _batch_size: usize,
-    _out: Option<&std::path::Path>,
-    _quiet: bool,
-) -> Result<Trained<M>>
-where
-    M: burn::module::Module + burn::module::ModuleDisplay + 'static,
-    T: lmforge::training::Task<M> + Clone + std::fmt::Debug + 'static,
-{
-    anyhow::bail!("--devices needs lmforge's `learner` feature (on by default)")
 }

@@ -345,209 +345,181 @@ pub struct LmStats {
     pub correct: Option<usize>,
 }
 
-/// Running sums of one metric over an epoch, and the last batch's values.
-#[derive(Clone, Debug, Default)]
-struct Sums {
+/// What a pooled metric computes from its sums.
+#[derive(Clone, Copy, Debug)]
+enum PoolKind {
+    /// `exp(sum of NLL / targets)`.
+    Perplexity,
+    /// `correct / targets`.
+    Accuracy,
+}
+
+impl PoolKind {
+    fn numerator(self, stats: &LmStats) -> f64 {
+        match self {
+            Self::Perplexity => stats.nll_sum,
+            Self::Accuracy => stats.correct.unwrap_or(0) as f64,
+        }
+    }
+
+    fn value(self, numerator: f64, count: usize) -> f64 {
+        match (self, count) {
+            (Self::Perplexity, 0) => f64::INFINITY,
+            (Self::Perplexity, _) => (numerator / count as f64).exp(),
+            (Self::Accuracy, 0) => 0.0,
+            (Self::Accuracy, _) => numerator / count as f64,
+        }
+    }
+}
+
+/// A metric pooled over an epoch from the task's sums, with the last batch's value.
+#[derive(Clone, Debug)]
+struct Pooled {
+    name: MetricName,
+    kind: PoolKind,
     numerator: f64,
     count: usize,
     batch: f64,
     batch_count: usize,
 }
 
-impl Sums {
-    fn add(&mut self, numerator: f64, count: usize, value: impl Fn(f64, usize) -> f64) {
-        self.numerator += numerator;
-        self.count += count;
-        self.batch = value(numerator, count);
-        self.batch_count = count;
+impl Pooled {
+    fn new(name: &str, kind: PoolKind) -> Self {
+        Self {
+            name: Arc::new(name.to_string()),
+            kind,
+            numerator: 0.0,
+            count: 0,
+            batch: f64::NAN,
+            batch_count: 0,
+        }
     }
 
-    fn entry(&self, value: impl Fn(f64, usize) -> f64, last: bool) -> SerializedEntry {
-        let epoch = value(self.numerator, self.count);
+    fn attributes(&self) -> MetricAttributes {
+        NumericAttributes {
+            unit: None,
+            higher_is_better: matches!(self.kind, PoolKind::Accuracy),
+        }
+        .into()
+    }
+
+    fn update(&mut self, stats: &LmStats) -> SerializedEntry {
+        let numerator = self.kind.numerator(stats);
+        self.numerator += numerator;
+        self.count += stats.count;
+        self.batch = self.kind.value(numerator, stats.count);
+        self.batch_count = stats.count;
+        self.entry(false)
+    }
+
+    fn epoch(&self) -> f64 {
+        self.kind.value(self.numerator, self.count)
+    }
+
+    fn entry(&self, last: bool) -> SerializedEntry {
+        let epoch = self.epoch();
         let formatted = format!("epoch {epoch:.4} - batch {:.4}", self.batch);
         let serialized = if last {
             NumericEntry::Final(epoch)
         } else {
-            NumericEntry::Aggregated {
-                aggregated_value: self.batch,
-                count: self.batch_count,
-            }
+            self.value()
         };
         SerializedEntry::new(formatted, serialized.serialize())
     }
-}
 
-fn perplexity(nll_sum: f64, count: usize) -> f64 {
-    if count == 0 {
-        f64::INFINITY
-    } else {
-        (nll_sum / count as f64).exp()
+    fn clear(&mut self) {
+        *self = Self::new(&self.name, self.kind);
+    }
+
+    fn value(&self) -> NumericEntry {
+        NumericEntry::Aggregated {
+            aggregated_value: self.batch,
+            count: self.batch_count,
+        }
+    }
+
+    fn running_value(&self) -> NumericEntry {
+        NumericEntry::Aggregated {
+            aggregated_value: self.epoch(),
+            count: self.count,
+        }
     }
 }
 
-fn ratio(correct: f64, count: usize) -> f64 {
-    if count == 0 {
-        0.0
-    } else {
-        correct / count as f64
-    }
+/// Implements burn-train's `Metric` and `Numeric` for a newtype over [`Pooled`].
+macro_rules! pooled_metric {
+    ($metric:ident, $name:literal, $kind:expr) => {
+        impl $metric {
+            #[doc = concat!("A metric named \"", $name, "\".")]
+            pub fn new() -> Self {
+                Self(Pooled::new($name, $kind))
+            }
+        }
+
+        impl Default for $metric {
+            fn default() -> Self {
+                Self::new()
+            }
+        }
+
+        impl Metric for $metric {
+            type Input = LmStats;
+
+            fn name(&self) -> MetricName {
+                self.0.name.clone()
+            }
+
+            fn attributes(&self) -> MetricAttributes {
+                self.0.attributes()
+            }
+
+            fn update(
+                &mut self,
+                item: &LmStats,
+                _metadata: &MetricMetadata,
+            ) -> Result<SerializedEntry, burn::tensor::TensorReadError> {
+                Ok(self.0.update(item))
+            }
+
+            fn compute(&mut self) -> Result<SerializedEntry, burn::tensor::TensorReadError> {
+                Ok(self.0.entry(true))
+            }
+
+            fn clear(&mut self) {
+                self.0.clear();
+            }
+        }
+
+        impl Numeric for $metric {
+            fn value(&self) -> Option<NumericEntry> {
+                Some(self.0.value())
+            }
+
+            fn running_value(&self) -> Option<NumericEntry> {
+                Some(self.0.running_value())
+            }
+
+            fn final_value(&self) -> NumericEntry {
+                NumericEntry::Final(self.0.epoch())
+            }
+        }
+    };
 }
 
 /// Perplexity over an epoch: `exp(sum of NLL / number of targets)`, from the task's sums (the
 /// same figure as [`Evaluation::perplexity`](crate::Evaluation)), not the mean of per-batch
 /// perplexities.
 #[derive(Clone, Debug)]
-pub struct LmPerplexity {
-    name: MetricName,
-    sums: Sums,
-}
+pub struct LmPerplexity(Pooled);
 
-impl LmPerplexity {
-    /// A perplexity metric named "Perplexity".
-    pub fn new() -> Self {
-        Self {
-            name: Arc::new("Perplexity".to_string()),
-            sums: Sums::default(),
-        }
-    }
-}
-
-impl Default for LmPerplexity {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Metric for LmPerplexity {
-    type Input = LmStats;
-
-    fn name(&self) -> MetricName {
-        self.name.clone()
-    }
-
-    fn attributes(&self) -> MetricAttributes {
-        NumericAttributes {
-            unit: None,
-            higher_is_better: false,
-        }
-        .into()
-    }
-
-    fn update(
-        &mut self,
-        item: &LmStats,
-        _metadata: &MetricMetadata,
-    ) -> Result<SerializedEntry, burn::tensor::TensorReadError> {
-        self.sums.add(item.nll_sum, item.count, perplexity);
-        Ok(self.sums.entry(perplexity, false))
-    }
-
-    fn compute(&mut self) -> Result<SerializedEntry, burn::tensor::TensorReadError> {
-        Ok(self.sums.entry(perplexity, true))
-    }
-
-    fn clear(&mut self) {
-        self.sums = Sums::default();
-    }
-}
-
-impl Numeric for LmPerplexity {
-    fn value(&self) -> Option<NumericEntry> {
-        Some(NumericEntry::Aggregated {
-            aggregated_value: self.sums.batch,
-            count: self.sums.batch_count,
-        })
-    }
-
-    fn running_value(&self) -> Option<NumericEntry> {
-        Some(NumericEntry::Aggregated {
-            aggregated_value: perplexity(self.sums.numerator, self.sums.count),
-            count: self.sums.count,
-        })
-    }
-
-    fn final_value(&self) -> NumericEntry {
-        NumericEntry::Final(perplexity(self.sums.numerator, self.sums.count))
-    }
-}
+pooled_metric!(LmPerplexity, "Perplexity", PoolKind::Perplexity);
 
 /// Accuracy over an epoch: correct arg-max predictions / targets, for tasks that count them
 /// (classification, token classification, masked LM); 0 for tasks that do not.
 #[derive(Clone, Debug)]
-pub struct LmAccuracy {
-    name: MetricName,
-    sums: Sums,
-}
+pub struct LmAccuracy(Pooled);
 
-impl LmAccuracy {
-    /// An accuracy metric named "Accuracy".
-    pub fn new() -> Self {
-        Self {
-            name: Arc::new("Accuracy".to_string()),
-            sums: Sums::default(),
-        }
-    }
-}
-
-impl Default for LmAccuracy {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Metric for LmAccuracy {
-    type Input = LmStats;
-
-    fn name(&self) -> MetricName {
-        self.name.clone()
-    }
-
-    fn attributes(&self) -> MetricAttributes {
-        NumericAttributes {
-            unit: None,
-            higher_is_better: true,
-        }
-        .into()
-    }
-
-    fn update(
-        &mut self,
-        item: &LmStats,
-        _metadata: &MetricMetadata,
-    ) -> Result<SerializedEntry, burn::tensor::TensorReadError> {
-        let correct = item.correct.unwrap_or(0) as f64;
-        self.sums.add(correct, item.count, ratio);
-        Ok(self.sums.entry(ratio, false))
-    }
-
-    fn compute(&mut self) -> Result<SerializedEntry, burn::tensor::TensorReadError> {
-        Ok(self.sums.entry(ratio, true))
-    }
-
-    fn clear(&mut self) {
-        self.sums = Sums::default();
-    }
-}
-
-impl Numeric for LmAccuracy {
-    fn value(&self) -> Option<NumericEntry> {
-        Some(NumericEntry::Aggregated {
-            aggregated_value: self.sums.batch,
-            count: self.sums.batch_count,
-        })
-    }
-
-    fn running_value(&self) -> Option<NumericEntry> {
-        Some(NumericEntry::Aggregated {
-            aggregated_value: ratio(self.sums.numerator, self.sums.count),
-            count: self.sums.count,
-        })
-    }
-
-    fn final_value(&self) -> NumericEntry {
-        NumericEntry::Final(ratio(self.sums.numerator, self.sums.count))
-    }
-}
+pooled_metric!(LmAccuracy, "Accuracy", PoolKind::Accuracy);
 
 /// lmforge's [`Schedule`] as a burn `LrScheduler`: each `step()` answers the rate of the next
 /// optimizer step (0-based, as the [`Trainer`](crate::Trainer) uses it), times a group factor.

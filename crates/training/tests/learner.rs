@@ -6,8 +6,6 @@
 //! lock and run one at a time.
 #![cfg(feature = "learner")]
 
-use std::sync::Mutex;
-
 use burn::data::dataloader::Progress;
 use burn::lr_scheduler::LrScheduler;
 use burn::module::{Module, ModuleVisitor, Param};
@@ -23,23 +21,9 @@ use lmforge_training::{
     TaskError, TrainError, Trainer, TrainerConfig, evaluate,
 };
 
-static DEVICE_RNG: Mutex<()> = Mutex::new(());
+mod common;
 
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn device() -> Device {
-    lmforge_device::testing::reference_device()
-        .clone()
-        .autodiff()
-}
-
-fn tmp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("lmforge-learner-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
-}
+use common::{device, lock, tmp};
 
 const VOCAB: usize = 19;
 

@@ -23,24 +23,9 @@ use lmforge_training::{
     Task, TaskError, TrainError, Trainer, TrainerConfig, files,
 };
 
-static DEVICE_RNG: Mutex<()> = Mutex::new(());
+mod common;
 
-fn lock() -> std::sync::MutexGuard<'static, ()> {
-    DEVICE_RNG.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn device() -> Device {
-    lmforge_device::testing::reference_device()
-        .clone()
-        .autodiff()
-}
-
-fn tmp(name: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("lmforge-training-{}-{name}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use common::{device, lock, tmp};
 
 const VOCAB: usize = 23;
 
