@@ -40,7 +40,6 @@ use std::sync::Arc;
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::{Dataset, DatasetError};
-use burn::lr_scheduler::module_lr_scheduler::ModuleLrScheduler;
 use burn::lr_scheduler::{LrScheduler, LrSchedulerRecord};
 use burn::module::{Module, ModuleDisplay};
 use burn::optim::GradientsParams;
@@ -64,10 +63,10 @@ use rand::rngs::StdRng;
 
 use crate::error::TrainError;
 use crate::optimizer::OptimizerConfig;
-use crate::params::{clip_global_norm, group_matching};
+use crate::params::clip_global_norm;
 use crate::schedule::Schedule;
 use crate::task::{StepContext, StepOutput, Task};
-use crate::trainer::{EVAL_SEED, mix};
+use crate::trainer::{EVAL_SEED, mix, model_device};
 
 /// How one [`TaskModel`] step scales and clips what it hands to burn-train.
 #[derive(Clone, Debug, PartialEq)]
@@ -132,12 +131,7 @@ where
     }
 
     fn run(&self, batch: &TaskBatch<T::Item>, training: bool) -> StepOutput {
-        let device = self
-            .model
-            .devices()
-            .into_iter()
-            .next()
-            .expect("the model has at least one parameter");
+        let device = model_device(&self.model);
         let seed = if training {
             mix(self.settings.seed, batch.position)
         } else {
@@ -804,25 +798,18 @@ impl LearnerTrainer {
             Parallelism::DataParallel => replicas,
             Parallelism::Ddp => 1,
         };
+        let summed = (summed_replicas * config.grad_accumulation) as f64;
         let settings = StepSettings {
-            loss_scale: 1.0 / (summed_replicas * config.grad_accumulation) as f64,
+            loss_scale: 1.0 / summed,
             // Each summed gradient (a replica's share of an accumulated batch) is clipped to
             // its part of the bound, so their sum stays within `max_grad_norm`.
-            max_grad_norm: config
-                .max_grad_norm
-                .map(|max| max / (summed_replicas * config.grad_accumulation) as f64),
+            max_grad_norm: config.max_grad_norm.map(|max| max / summed),
             seed: config.seed,
         };
         let optimizer = config.optimizer.init(&model)?;
-        let mut scheduler =
-            ModuleLrScheduler::new(ScheduleLr::new(config.schedule.clone(), steps, 1.0));
-        for group in &config.optimizer.lr_groups {
-            let ids = group_matching(&model, std::slice::from_ref(&group.pattern))?;
-            scheduler = scheduler.with_group(
-                ids,
-                ScheduleLr::new(config.schedule.clone(), steps, group.factor),
-            );
-        }
+        let scheduler = config.optimizer.group_schedulers(&model, |factor| {
+            ScheduleLr::new(config.schedule.clone(), steps, factor)
+        })?;
         let task_model = TaskModel::new(model, task.clone(), settings);
         let learner = Learner::new(task_model, optimizer, scheduler);
 

@@ -237,12 +237,24 @@ impl OptimizerConfig {
         model: &M,
         lr: f64,
     ) -> Result<ModuleLearningRate, TrainError> {
-        let mut scheduler = ModuleLrScheduler::new(Fixed(lr));
+        Ok(self
+            .group_schedulers(model, |factor| Fixed(lr * factor))?
+            .step())
+    }
+
+    /// burn's per-group scheduler for `model`: `scheduler(1.0)` for every parameter, then
+    /// `scheduler(factor)` for the parameters of each [`LrGroup`] (the last match wins).
+    pub(crate) fn group_schedulers<M: Module, S: LrScheduler + Clone + 'static>(
+        &self,
+        model: &M,
+        scheduler: impl Fn(f64) -> S,
+    ) -> Result<ModuleLrScheduler, TrainError> {
+        let mut groups = ModuleLrScheduler::new(scheduler(1.0));
         for group in &self.lr_groups {
             let ids = group_matching(model, std::slice::from_ref(&group.pattern))?;
-            scheduler = scheduler.with_group(ids, Fixed(lr * group.factor));
+            groups = groups.with_group(ids, scheduler(group.factor));
         }
-        Ok(scheduler.step())
+        Ok(groups)
     }
 }
 

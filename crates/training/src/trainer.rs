@@ -288,7 +288,8 @@ fn evaluate_at<M: Module, T: Task<M>>(
 /// The seed of the random generator that evaluation steps get.
 pub(crate) const EVAL_SEED: u64 = 0x5EED_E7A1;
 
-fn model_device<M: Module>(model: &M) -> Device {
+/// The device of `model`'s parameters.
+pub(crate) fn model_device<M: Module>(model: &M) -> Device {
     model
         .devices()
         .into_iter()
