@@ -241,7 +241,26 @@ impl RecurrentWeights {
         state: DirState,
         reverse: bool,
     ) -> (Tensor<3>, DirState) {
-        let mut steps = split_steps(self.project_input(cell, x));
+        let xp = self.project_input(cell, x);
+        #[cfg(feature = "flex")]
+        if let (Cell::Lstm, Some(c0)) = (cell, &state.c)
+            && let Some(packed) =
+                super::fused_lstm::lstm_sequence(&xp, &self.weight_hh.val(), &state.h, c0, reverse)
+        {
+            return unpack_lstm(packed, reverse);
+        }
+        self.run_steps(cell, xp, state, reverse)
+    }
+
+    /// [`Self::run`] from the projected input, one composed [`Self::step`] per position.
+    pub(crate) fn run_steps(
+        &self,
+        cell: Cell,
+        xp: Tensor<3>,
+        state: DirState,
+        reverse: bool,
+    ) -> (Tensor<3>, DirState) {
+        let mut steps = split_steps(xp);
         if reverse {
             steps.reverse();
         }
@@ -257,6 +276,24 @@ impl RecurrentWeights {
         }
         (Tensor::stack(outputs, 1), state)
     }
+}
+
+/// Splits the fused LSTM's packed output `[batch_size, seq_length + 1, d_hidden]` into the
+/// hidden states and the final state (the last step taken: position 0 when `reverse`).
+#[cfg(feature = "flex")]
+fn unpack_lstm(packed: Tensor<3>, reverse: bool) -> (Tensor<3>, DirState) {
+    let [batch_size, positions, d_hidden] = packed.dims();
+    let seq_length = positions - 1;
+    let hidden = packed.clone().narrow(1, 0, seq_length);
+    let c = packed
+        .narrow(1, seq_length, 1)
+        .reshape([batch_size, d_hidden]);
+    let last = if reverse { 0 } else { seq_length - 1 };
+    let h = hidden
+        .clone()
+        .narrow(1, last, 1)
+        .reshape([batch_size, d_hidden]);
+    (hidden, DirState { h, c: Some(c) })
 }
 
 /// A stack of recurrent layers: the part [`Rnn`](super::Rnn), [`Lstm`](super::Lstm) and

@@ -1,0 +1,666 @@
+//! A fused LSTM recurrence for burn's `flex` CPU backend.
+//!
+//! The composed LSTM (`RecurrentWeights::step` in a loop) records about 45 autodiff operations
+//! per time step, each a small tensor op on one thread, and its backward pass accumulates the
+//! hidden-weight gradient as one small matmul per step. Here the whole sequence of one direction
+//! is a single operation on flex's `f32` buffers:
+//!
+//! - the forward pass runs the gate matmul and the cell update per step, writing the activated
+//!   gates and cell states that the backward pass needs;
+//! - the backward pass is hand-written back-propagation through time: per step one fused loop
+//!   for the gate gradients and one matmul for the recurrent gradient, then the hidden-weight
+//!   gradient as **one** matmul over all steps;
+//! - the batch rows are independent in both passes, so they are split across rayon's threads
+//!   (one block of rows per thread, no synchronisation inside the time loop).
+//!
+//! The operation's single output packs the hidden states of every step and the final cell
+//! state as `[batch_size, seq_length + 1, d_hidden]` (burn's autodiff nodes have one output).
+//!
+//! It is used when the tensors live on flex in `f32` (with or without autodiff); on every other
+//! backend, dtype or build [`lstm_sequence`] returns `None` and the layer runs the composed ops,
+//! which compute the same function.
+
+use burn::tensor::DType;
+use burn::tensor::{Tensor, TensorData};
+use burn_autodiff::Autodiff;
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::{
+    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+};
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_dispatch::DispatchKindConversion;
+use burn_flex::{Flex, FlexTensor};
+use burn_tensor::DispatchTensor;
+use rayon::prelude::*;
+
+/// Runs one LSTM direction over a projected sequence as one fused operation.
+///
+/// - `xp`: input projection with the biases folded in, `[batch_size, seq_length, 4 * d_hidden]`
+///   (gate blocks `i, f, g, o`);
+/// - `w_hh`: hidden weights in PyTorch's layout, `[4 * d_hidden, d_hidden]`;
+/// - `h0`, `c0`: initial state, `[batch_size, d_hidden]`;
+/// - `reverse`: run from the last position to the first.
+///
+/// Returns `[batch_size, seq_length + 1, d_hidden]`: the hidden state of every position (in
+/// time order) followed by the final cell state. `None` when the tensors are not `f32` flex
+/// tensors; the caller then runs the composed ops.
+pub(crate) fn lstm_sequence(
+    xp: &Tensor<3>,
+    w_hh: &Tensor<2>,
+    h0: &Tensor<2>,
+    c0: &Tensor<2>,
+    reverse: bool,
+) -> Option<Tensor<3>> {
+    if xp.dtype() != DType::F32 {
+        return None;
+    }
+    if let Some(out) = on_autodiff::<NoCheckpointing>(xp, w_hh, h0, c0, reverse) {
+        return Some(out);
+    }
+    if let Some(out) = on_autodiff::<BalancedCheckpointing>(xp, w_hh, h0, c0, reverse) {
+        return Some(out);
+    }
+    let [xp_p, w_p, h0_p, c0_p] = [
+        xp.clone().try_into_primitive::<Flex>().ok()?,
+        w_hh.clone().try_into_primitive::<Flex>().ok()?,
+        h0.clone().try_into_primitive::<Flex>().ok()?,
+        c0.clone().try_into_primitive::<Flex>().ok()?,
+    ];
+    let (out, _) = forward(&xp_p, &w_p, &h0_p, &c0_p, reverse);
+    Some(Tensor::from_primitive::<Flex>(out))
+}
+
+/// The fused operation on `Autodiff<Flex, C>` tensors, recording one backward node.
+fn on_autodiff<C: CheckpointStrategy>(
+    xp: &Tensor<3>,
+    w_hh: &Tensor<2>,
+    h0: &Tensor<2>,
+    c0: &Tensor<2>,
+    reverse: bool,
+) -> Option<Tensor<3>>
+where
+    DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
+{
+    let xp = xp.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
+    let w = w_hh
+        .clone()
+        .try_into_primitive::<Autodiff<Flex, C>>()
+        .ok()?;
+    let h0 = h0.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
+    let c0 = c0.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
+    let guards = [xp.node(), w.node(), h0.node(), c0.node()];
+    let (xp, w, h0, c0) = (
+        xp.into_primitive(),
+        w.into_primitive(),
+        h0.into_primitive(),
+        c0.into_primitive(),
+    );
+    let (out, saved) = forward(&xp, &w, &h0, &c0, reverse);
+    let out = match LstmBackward.prepare::<C>(guards).compute_bound().stateful() {
+        OpsKind::Tracked(prep) => {
+            let state = LstmState {
+                saved,
+                out: out.clone(),
+                w: contiguous(w),
+                h0: contiguous(h0),
+                c0: contiguous(c0),
+                reverse,
+            };
+            prep.finish(state, out)
+        }
+        OpsKind::UnTracked(prep) => prep.finish(out),
+    };
+    Some(Tensor::from_primitive::<Autodiff<Flex, C>>(out))
+}
+
+/// Sizes of one fused run.
+#[derive(Clone, Copy, Debug)]
+struct Dims {
+    batch: usize,
+    seq: usize,
+    hidden: usize,
+}
+
+impl Dims {
+    fn gates(&self) -> usize {
+        4 * self.hidden
+    }
+
+    /// Rows per thread block: the batch split evenly over rayon's threads.
+    fn rows_per_block(&self) -> usize {
+        self.batch
+            .div_ceil(rayon::current_num_threads().max(1))
+            .max(1)
+    }
+
+    /// Position processed at `step` (steps count in processing order).
+    fn position(&self, step: usize, reverse: bool) -> usize {
+        if reverse { self.seq - 1 - step } else { step }
+    }
+}
+
+/// What the forward pass keeps for the backward pass.
+#[derive(Clone, Debug)]
+struct Saved {
+    dims: Dims,
+    /// Activated gates `i, f, g, o` of every position, `[batch, seq, 4 * hidden]`.
+    gates: Vec<f32>,
+    /// Cell state after every position, `[batch, seq, hidden]`.
+    cells: Vec<f32>,
+}
+
+/// State of the backward node.
+#[derive(Clone, Debug)]
+struct LstmState {
+    saved: Saved,
+    /// The packed output (hidden states, then the final cell state).
+    out: FlexTensor,
+    w: FlexTensor,
+    h0: FlexTensor,
+    c0: FlexTensor,
+    reverse: bool,
+}
+
+fn contiguous(tensor: FlexTensor) -> FlexTensor {
+    if tensor.as_slice::<f32>().is_some() {
+        tensor
+    } else {
+        tensor.to_contiguous()
+    }
+}
+
+fn slice(tensor: &FlexTensor) -> &[f32] {
+    tensor
+        .as_slice::<f32>()
+        .expect("fused LSTM buffers are contiguous f32")
+}
+
+fn flex(data: Vec<f32>, shape: [usize; 3]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, shape))
+}
+
+fn flex2(data: Vec<f32>, shape: [usize; 2]) -> FlexTensor {
+    FlexTensor::from_data(TensorData::new(data, shape))
+}
+
+#[inline]
+fn sigmoid(x: f32) -> f32 {
+    1.0 / (1.0 + (-x).exp())
+}
+
+/// `dst = (read_dst ? dst : 0) + lhs * rhs` on strided row-major views (`*_rs`: row stride,
+/// `*_cs`: column stride), `[m, k] x [k, n]`.
+#[allow(clippy::too_many_arguments)]
+fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    (dst_rs, dst_cs): (usize, usize),
+    read_dst: bool,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    parallel: bool,
+) {
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * rs + (cols - 1) * cs + 1
+        }
+    };
+    assert!(
+        dst.len() >= last(m, dst_rs, n, dst_cs),
+        "fused LSTM: dst view out of bounds"
+    );
+    assert!(
+        lhs.len() >= last(m, lhs_rs, k, lhs_cs),
+        "fused LSTM: lhs view out of bounds"
+    );
+    assert!(
+        rhs.len() >= last(k, rhs_rs, n, rhs_cs),
+        "fused LSTM: rhs view out of bounds"
+    );
+    let parallelism = if parallel {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the three views were bounds-checked above; `dst` is borrowed mutably, so it
+    // aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_cs as isize,
+            dst_rs as isize,
+            read_dst,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// The forward pass. Returns the packed output and what the backward pass needs.
+fn forward(
+    xp: &FlexTensor,
+    w: &FlexTensor,
+    h0: &FlexTensor,
+    c0: &FlexTensor,
+    reverse: bool,
+) -> (FlexTensor, Saved) {
+    let xp = contiguous(xp.clone());
+    let w = contiguous(w.clone());
+    let h0 = contiguous(h0.clone());
+    let c0 = contiguous(c0.clone());
+    let shape = xp.layout().shape();
+    let dims = Dims {
+        batch: shape[0],
+        seq: shape[1],
+        hidden: shape[2] / 4,
+    };
+    let Dims { batch, seq, hidden } = dims;
+    let g4 = dims.gates();
+    let (xp, w, h0, c0) = (slice(&xp), slice(&w), slice(&h0), slice(&c0));
+
+    let mut out = vec![0.0f32; batch * (seq + 1) * hidden];
+    let mut gates = vec![0.0f32; batch * seq * g4];
+    let mut cells = vec![0.0f32; batch * seq * hidden];
+    let rows = dims.rows_per_block();
+    out.par_chunks_mut(rows * (seq + 1) * hidden)
+        .zip(gates.par_chunks_mut(rows * seq * g4))
+        .zip(cells.par_chunks_mut(rows * seq * hidden))
+        .enumerate()
+        .for_each(|(block, ((out, gates), cells))| {
+            let b0 = block * rows;
+            let nb = out.len() / ((seq + 1) * hidden);
+            let (gs, cs, os) = (seq * g4, seq * hidden, (seq + 1) * hidden);
+            for step in 0..seq {
+                let t = dims.position(step, reverse);
+                let prev = (step > 0).then(|| dims.position(step - 1, reverse));
+                for r in 0..nb {
+                    gates[r * gs + t * g4..][..g4]
+                        .copy_from_slice(&xp[(b0 + r) * gs + t * g4..][..g4]);
+                }
+                // gates[t] += h_prev W_hh^T (reads `out` or `h0`, writes `gates`)
+                let (h_prev, h_rs): (&[f32], usize) = match prev {
+                    Some(p) => (&out[p * hidden..], os),
+                    None => (&h0[b0 * hidden..], hidden),
+                };
+                matmul(
+                    (nb, g4, hidden),
+                    &mut gates[t * g4..],
+                    (gs, 1),
+                    true,
+                    h_prev,
+                    (h_rs, 1),
+                    w,
+                    (1, hidden),
+                    false,
+                );
+                for r in 0..nb {
+                    let g = &mut gates[r * gs + t * g4..][..g4];
+                    for j in 0..hidden {
+                        let i = sigmoid(g[j]);
+                        let f = sigmoid(g[hidden + j]);
+                        let gg = g[2 * hidden + j].tanh();
+                        let o = sigmoid(g[3 * hidden + j]);
+                        let c_prev = match prev {
+                            Some(p) => cells[r * cs + p * hidden + j],
+                            None => c0[(b0 + r) * hidden + j],
+                        };
+                        let c = f * c_prev + i * gg;
+                        g[j] = i;
+                        g[hidden + j] = f;
+                        g[2 * hidden + j] = gg;
+                        g[3 * hidden + j] = o;
+                        cells[r * cs + t * hidden + j] = c;
+                        out[r * os + t * hidden + j] = o * c.tanh();
+                    }
+                }
+            }
+            let last = dims.position(seq - 1, reverse);
+            for r in 0..nb {
+                out[r * os + seq * hidden..][..hidden]
+                    .copy_from_slice(&cells[r * cs + last * hidden..][..hidden]);
+            }
+        });
+    let out = flex(out, [batch, seq + 1, hidden]);
+    (out, Saved { dims, gates, cells })
+}
+
+/// Gradients of the four inputs.
+struct Grads {
+    xp: Vec<f32>,
+    w: Vec<f32>,
+    h0: Vec<f32>,
+    c0: Vec<f32>,
+}
+
+/// Back-propagation through time. `grad` is the gradient of the packed output.
+fn backward(state: &LstmState, grad: &[f32]) -> Grads {
+    let Saved { dims, gates, cells } = &state.saved;
+    let dims = *dims;
+    let Dims { batch, seq, hidden } = dims;
+    let g4 = dims.gates();
+    let reverse = state.reverse;
+    let (w, h0, c0, out) = (
+        slice(&state.w),
+        slice(&state.h0),
+        slice(&state.c0),
+        slice(&state.out),
+    );
+    let (gs, cs, os) = (seq * g4, seq * hidden, (seq + 1) * hidden);
+
+    let mut dxp = vec![0.0f32; batch * gs];
+    let mut dh0 = vec![0.0f32; batch * hidden];
+    let mut dc0 = vec![0.0f32; batch * hidden];
+    let rows = dims.rows_per_block();
+    dxp.par_chunks_mut(rows * gs)
+        .zip(dh0.par_chunks_mut(rows * hidden))
+        .zip(dc0.par_chunks_mut(rows * hidden))
+        .enumerate()
+        .for_each(|(block, ((dxp, dh), dc))| {
+            let b0 = block * rows;
+            let nb = dh.len() / hidden;
+            let gates = &gates[b0 * gs..];
+            let cells = &cells[b0 * cs..];
+            let grad = &grad[b0 * os..];
+            // dc starts as the gradient of the final cell state; dh (the gradient flowing into
+            // h_prev from the later steps) starts at zero.
+            for r in 0..nb {
+                dc[r * hidden..][..hidden]
+                    .copy_from_slice(&grad[r * os + seq * hidden..][..hidden]);
+            }
+            let mut dh_next = vec![0.0f32; nb * hidden];
+            for step in (0..seq).rev() {
+                let t = dims.position(step, reverse);
+                let prev = (step > 0).then(|| dims.position(step - 1, reverse));
+                for r in 0..nb {
+                    let g = &gates[r * gs + t * g4..][..g4];
+                    let da = &mut dxp[r * gs + t * g4..][..g4];
+                    for j in 0..hidden {
+                        let (i, f, gg, o) =
+                            (g[j], g[hidden + j], g[2 * hidden + j], g[3 * hidden + j]);
+                        let c = cells[r * cs + t * hidden + j];
+                        let c_prev = match prev {
+                            Some(p) => cells[r * cs + p * hidden + j],
+                            None => c0[(b0 + r) * hidden + j],
+                        };
+                        let dhv = grad[r * os + t * hidden + j] + dh_next[r * hidden + j];
+                        let tc = c.tanh();
+                        let dcv = dc[r * hidden + j] + dhv * o * (1.0 - tc * tc);
+                        da[j] = dcv * gg * i * (1.0 - i);
+                        da[hidden + j] = dcv * c_prev * f * (1.0 - f);
+                        da[2 * hidden + j] = dcv * i * (1.0 - gg * gg);
+                        da[3 * hidden + j] = dhv * tc * o * (1.0 - o);
+                        dc[r * hidden + j] = dcv * f;
+                    }
+                }
+                // dh_prev = dA_t W_hh
+                matmul(
+                    (nb, hidden, g4),
+                    &mut dh_next,
+                    (hidden, 1),
+                    false,
+                    &dxp[t * g4..],
+                    (gs, 1),
+                    w,
+                    (hidden, 1),
+                    false,
+                );
+            }
+            dh.copy_from_slice(&dh_next);
+        });
+
+    // dW_hh = sum over (row, position) of dA^T h_prev: one [4H, B*T] x [B*T, H] product.
+    let mut h_prev = vec![0.0f32; batch * seq * hidden];
+    for b in 0..batch {
+        for step in 0..seq {
+            let t = dims.position(step, reverse);
+            let src = match step.checked_sub(1).map(|s| dims.position(s, reverse)) {
+                Some(p) => &out[b * os + p * hidden..][..hidden],
+                None => &h0[b * hidden..][..hidden],
+            };
+            h_prev[(b * seq + t) * hidden..][..hidden].copy_from_slice(src);
+        }
+    }
+    let mut dw = vec![0.0f32; g4 * hidden];
+    matmul(
+        (g4, hidden, batch * seq),
+        &mut dw,
+        (hidden, 1),
+        false,
+        &dxp,
+        (1, g4),
+        &h_prev,
+        (hidden, 1),
+        true,
+    );
+    Grads {
+        xp: dxp,
+        w: dw,
+        h0: dh0,
+        c0: dc0,
+    }
+}
+
+/// The backward node of the fused LSTM.
+#[derive(Debug)]
+struct LstmBackward;
+
+impl Backward<Flex, 4> for LstmBackward {
+    type State = LstmState;
+
+    fn backward(self, ops: Ops<Self::State, 4>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let grad = contiguous(grads.consume::<Flex>(&ops.node));
+        let state = ops.state;
+        let Dims { batch, seq, hidden } = state.saved.dims;
+        let g = backward(&state, slice(&grad));
+        let [xp, w, h0, c0] = ops.parents;
+        if let Some(node) = xp {
+            grads.register::<Flex>(node.id, flex(g.xp, [batch, seq, 4 * hidden]));
+        }
+        if let Some(node) = w {
+            grads.register::<Flex>(node.id, flex2(g.w, [4 * hidden, hidden]));
+        }
+        if let Some(node) = h0 {
+            grads.register::<Flex>(node.id, flex2(g.h0, [batch, hidden]));
+        }
+        if let Some(node) = c0 {
+            grads.register::<Flex>(node.id, flex2(g.c0, [batch, hidden]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::Param;
+    use burn::tensor::{Device, Tensor, TensorData};
+    use lmforge_device::Backend;
+    use lmforge_device::testing::test_devices;
+
+    use super::lstm_sequence;
+    use crate::rnn::recurrent::{Cell, DirState, RecurrentWeights};
+
+    /// Deterministic values in about [-1, 1] (no RNG: the same numbers on every backend).
+    fn values(n: usize, salt: usize) -> Vec<f32> {
+        (0..n)
+            .map(|i| (((i * 37 + salt * 101) % 41) as f32 - 20.0) / 20.0)
+            .collect()
+    }
+
+    fn tensor<const D: usize>(shape: [usize; D], salt: usize, device: &Device) -> Tensor<D> {
+        let n = shape.iter().product();
+        Tensor::from_data(TensorData::new(values(n, salt), shape), device)
+    }
+
+    fn weights(d_input: usize, d_hidden: usize, device: &Device) -> RecurrentWeights {
+        let gh = 4 * d_hidden;
+        let scaled = |t: Tensor<2>| t * 0.5;
+        RecurrentWeights {
+            weight_ih: Param::from_tensor(scaled(tensor([gh, d_input], 1, device))),
+            weight_hh: Param::from_tensor(scaled(tensor([gh, d_hidden], 2, device))),
+            bias_ih: Some(Param::from_tensor(tensor([gh], 3, device) * 0.1)),
+            bias_hh: Some(Param::from_tensor(tensor([gh], 4, device) * 0.1)),
+        }
+    }
+
+    fn flex_device() -> Option<Device> {
+        test_devices()
+            .iter()
+            .find(|d| d.backend == Backend::Flex)
+            .map(|d| d.device.clone())
+    }
+
+    /// Forward values and every gradient of one direction, through `run` (fused on flex) or
+    /// through the composed steps.
+    fn outputs(
+        device: &Device,
+        shape: (usize, usize),
+        reverse: bool,
+        fused: bool,
+    ) -> Vec<Vec<f32>> {
+        let (batch_size, seq_length) = shape;
+        let (d_input, d_hidden) = (3, 5);
+        let w = weights(d_input, d_hidden, device);
+        let x: Tensor<3> = tensor([batch_size, seq_length, d_input], 5, device).require_grad();
+        let h0: Tensor<2> = (tensor([batch_size, d_hidden], 6, device) * 0.5).require_grad();
+        let c0: Tensor<2> = tensor([batch_size, d_hidden], 7, device).require_grad();
+        let state = DirState {
+            h: h0.clone(),
+            c: Some(c0.clone()),
+        };
+        let (y, last) = if fused {
+            w.run(Cell::Lstm, x.clone(), state, reverse)
+        } else {
+            let xp = w.project_input(Cell::Lstm, x.clone());
+            w.run_steps(Cell::Lstm, xp, state, reverse)
+        };
+        let c = last.c.unwrap();
+        // A loss that weighs every output element differently.
+        let loss = (y.clone() * tensor([batch_size, seq_length, d_hidden], 8, device)).sum()
+            + (last.h.clone() * tensor([batch_size, d_hidden], 9, device)).sum()
+            + (c.clone() * tensor([batch_size, d_hidden], 10, device)).sum();
+        let grads = loss.backward();
+        let data = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap();
+        let data2 = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
+        let data1 = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
+        vec![
+            data(y),
+            data2(last.h),
+            data2(c),
+            data(x.grad(&grads).unwrap()),
+            data2(h0.grad(&grads).unwrap()),
+            data2(c0.grad(&grads).unwrap()),
+            data2(w.weight_ih.grad(&grads).unwrap()),
+            data2(w.weight_hh.grad(&grads).unwrap()),
+            data1(w.bias_ih.as_ref().unwrap().grad(&grads).unwrap()),
+            data1(w.bias_hh.as_ref().unwrap().grad(&grads).unwrap()),
+        ]
+    }
+
+    #[test]
+    fn fused_path_runs_on_flex_only() {
+        for selected in test_devices() {
+            for device in [selected.device.clone(), selected.device.clone().autodiff()] {
+                let xp: Tensor<3> = tensor([2, 3, 8], 1, &device);
+                let w: Tensor<2> = tensor([8, 2], 2, &device);
+                let h0: Tensor<2> = tensor([2, 2], 3, &device);
+                let fused = lstm_sequence(&xp, &w, &h0, &h0, false);
+                assert_eq!(
+                    fused.is_some(),
+                    selected.backend == Backend::Flex,
+                    "fused LSTM on {selected}"
+                );
+                if let Some(out) = fused {
+                    assert_eq!(out.dims(), [2, 4, 2]);
+                }
+            }
+        }
+    }
+
+    /// The fused recurrence and its hand-written backward pass equal the composed ops (whose
+    /// agreement with PyTorch `tests/rnn_reference.rs` checks), for both directions, uneven
+    /// thread blocks (batch 3 and 5), a single step, and gradient checkpointing.
+    #[test]
+    fn fused_equals_composed_values_and_gradients() {
+        let Some(device) = flex_device() else {
+            return;
+        };
+        let names = [
+            "y",
+            "h_n",
+            "c_n",
+            "grad x",
+            "grad h0",
+            "grad c0",
+            "grad weight_ih",
+            "grad weight_hh",
+            "grad bias_ih",
+            "grad bias_hh",
+        ];
+        for device in [
+            device.clone().autodiff(),
+            device.clone().autodiff().gradient_checkpointing(),
+        ] {
+            for shape in [(1, 1), (3, 4), (5, 7)] {
+                for reverse in [false, true] {
+                    let fused = outputs(&device, shape, reverse, true);
+                    let composed = outputs(&device, shape, reverse, false);
+                    for ((name, a), b) in names.iter().zip(&fused).zip(&composed) {
+                        assert_eq!(a.len(), b.len(), "{name}");
+                        let worst = a
+                            .iter()
+                            .zip(b)
+                            .map(|(a, b)| (a - b).abs())
+                            .fold(0.0f32, f32::max);
+                        assert!(
+                            worst <= 2e-6,
+                            "{name} (shape {shape:?}, reverse {reverse}): fused and composed \
+                             differ by {worst}"
+                        );
+                        assert!(a.iter().any(|v| *v != 0.0), "{name} is all zeros");
+                    }
+                }
+            }
+        }
+    }
+
+    /// Without autodiff (inference) the fused forward equals the composed one.
+    #[test]
+    fn fused_inference_equals_composed() {
+        let Some(device) = flex_device() else {
+            return;
+        };
+        let w = weights(3, 4, &device);
+        let x: Tensor<3> = tensor([3, 6, 3], 5, &device);
+        let state = || DirState {
+            h: tensor([3, 4], 6, &device),
+            c: Some(tensor([3, 4], 7, &device)),
+        };
+        for reverse in [false, true] {
+            let (y, last) = w.run(Cell::Lstm, x.clone(), state(), reverse);
+            let xp = w.project_input(Cell::Lstm, x.clone());
+            let (y2, last2) = w.run_steps(Cell::Lstm, xp, state(), reverse);
+            let diff3 = |a: Tensor<3>, b: Tensor<3>| (a - b).abs().max().into_scalar::<f32>();
+            let diff2 = |a: Tensor<2>, b: Tensor<2>| (a - b).abs().max().into_scalar::<f32>();
+            assert!(diff3(y, y2) <= 2e-6);
+            assert!(diff2(last.h, last2.h) <= 2e-6);
+            assert!(diff2(last.c.unwrap(), last2.c.unwrap()) <= 2e-6);
+        }
+    }
+}
