@@ -311,6 +311,8 @@ fn lstm_train(device: &Device, options: &Options) -> Result<Measurement> {
         .with_d_embedding(embedding)
         .with_d_hidden(hidden)
         .with_n_layers(layers)
+        // As in PyTorch's case (benches/torch_cases.py): no dropout.
+        .with_dropout(0.0)
         .init(&device)?;
     let items = token_rows(batch, seq, vocab, 2);
     let timing = train(model, &CausalLmTask::new(0), &items, &device, options)?;

@@ -34,6 +34,11 @@ use burn_flex::{Flex, FlexTensor};
 use burn_tensor::DispatchTensor;
 use rayon::prelude::*;
 
+mod cell;
+mod packed;
+
+use packed::Packed;
+
 /// Runs one LSTM direction over a projected sequence as one fused operation.
 ///
 /// - `xp`: input projection with the biases folded in, `[batch_size, seq_length, 4 * d_hidden]`
@@ -184,11 +189,6 @@ fn flex2(data: Vec<f32>, shape: [usize; 2]) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, shape))
 }
 
-#[inline]
-fn sigmoid(x: f32) -> f32 {
-    1.0 / (1.0 + (-x).exp())
-}
-
 /// `dst = (read_dst ? dst : 0) + lhs * rhs` on strided row-major views (`*_rs`: row stride,
 /// `*_cs`: column stride), `[m, k] x [k, n]`.
 #[allow(clippy::too_many_arguments)]
@@ -276,6 +276,8 @@ fn forward(
     let g4 = dims.gates();
     let (xp, w, h0, c0) = (slice(&xp), slice(&w), slice(&h0), slice(&c0));
 
+    // W_hh^T, `[hidden, 4 * hidden]`, packed once for every step of every thread.
+    let w_t = Packed::new(hidden, g4, |row, col| w[col * hidden + row]);
     let mut out = vec![0.0f32; batch * (seq + 1) * hidden];
     let mut gates = vec![0.0f32; batch * seq * g4];
     let mut cells = vec![0.0f32; batch * seq * hidden];
@@ -288,6 +290,7 @@ fn forward(
             let b0 = block * rows;
             let nb = out.len() / ((seq + 1) * hidden);
             let (gs, cs, os) = (seq * g4, seq * hidden, (seq + 1) * hidden);
+            let mut c_row = vec![0.0f32; hidden];
             for step in 0..seq {
                 let t = dims.position(step, reverse);
                 let prev = (step > 0).then(|| dims.position(step - 1, reverse));
@@ -300,36 +303,21 @@ fn forward(
                     Some(p) => (&out[p * hidden..], os),
                     None => (&h0[b0 * hidden..], hidden),
                 };
-                matmul(
-                    (nb, g4, hidden),
-                    &mut gates[t * g4..],
-                    (gs, 1),
-                    true,
-                    h_prev,
-                    (h_rs, 1),
-                    w,
-                    (1, hidden),
-                    false,
-                );
+                w_t.mul(nb, h_prev, h_rs, &mut gates[t * g4..], gs, true);
                 for r in 0..nb {
-                    let g = &mut gates[r * gs + t * g4..][..g4];
-                    for j in 0..hidden {
-                        let i = sigmoid(g[j]);
-                        let f = sigmoid(g[hidden + j]);
-                        let gg = g[2 * hidden + j].tanh();
-                        let o = sigmoid(g[3 * hidden + j]);
-                        let c_prev = match prev {
-                            Some(p) => cells[r * cs + p * hidden + j],
-                            None => c0[(b0 + r) * hidden + j],
-                        };
-                        let c = f * c_prev + i * gg;
-                        g[j] = i;
-                        g[hidden + j] = f;
-                        g[2 * hidden + j] = gg;
-                        g[3 * hidden + j] = o;
-                        cells[r * cs + t * hidden + j] = c;
-                        out[r * os + t * hidden + j] = o * c.tanh();
-                    }
+                    let c_prev = match prev {
+                        Some(p) => &cells[r * cs + p * hidden..][..hidden],
+                        None => &c0[(b0 + r) * hidden..][..hidden],
+                    };
+                    // `c_prev` and the new cell state are different positions of `cells`;
+                    // copy the previous one out of the borrow.
+                    c_row.copy_from_slice(c_prev);
+                    cell::forward(
+                        &mut gates[r * gs + t * g4..][..g4],
+                        &c_row,
+                        &mut cells[r * cs + t * hidden..][..hidden],
+                        &mut out[r * os + t * hidden..][..hidden],
+                    );
                 }
             }
             let last = dims.position(seq - 1, reverse);
@@ -365,6 +353,8 @@ fn backward(state: &LstmState, grad: &[f32]) -> Grads {
     );
     let (gs, cs, os) = (seq * g4, seq * hidden, (seq + 1) * hidden);
 
+    // W_hh, `[4 * hidden, hidden]`, packed once for every step of every thread.
+    let w_p = Packed::new(g4, hidden, |row, col| w[row * hidden + col]);
     let mut dxp = vec![0.0f32; batch * gs];
     let mut dh0 = vec![0.0f32; batch * hidden];
     let mut dc0 = vec![0.0f32; batch * hidden];
@@ -390,38 +380,25 @@ fn backward(state: &LstmState, grad: &[f32]) -> Grads {
                 let t = dims.position(step, reverse);
                 let prev = (step > 0).then(|| dims.position(step - 1, reverse));
                 for r in 0..nb {
-                    let g = &gates[r * gs + t * g4..][..g4];
-                    let da = &mut dxp[r * gs + t * g4..][..g4];
-                    for j in 0..hidden {
-                        let (i, f, gg, o) =
-                            (g[j], g[hidden + j], g[2 * hidden + j], g[3 * hidden + j]);
-                        let c = cells[r * cs + t * hidden + j];
-                        let c_prev = match prev {
-                            Some(p) => cells[r * cs + p * hidden + j],
-                            None => c0[(b0 + r) * hidden + j],
-                        };
-                        let dhv = grad[r * os + t * hidden + j] + dh_next[r * hidden + j];
-                        let tc = c.tanh();
-                        let dcv = dc[r * hidden + j] + dhv * o * (1.0 - tc * tc);
-                        da[j] = dcv * gg * i * (1.0 - i);
-                        da[hidden + j] = dcv * c_prev * f * (1.0 - f);
-                        da[2 * hidden + j] = dcv * i * (1.0 - gg * gg);
-                        da[3 * hidden + j] = dhv * tc * o * (1.0 - o);
-                        dc[r * hidden + j] = dcv * f;
+                    let c_prev = match prev {
+                        Some(p) => &cells[r * cs + p * hidden..][..hidden],
+                        None => &c0[(b0 + r) * hidden..][..hidden],
+                    };
+                    let dh = &mut dh_next[r * hidden..][..hidden];
+                    for (d, g) in dh.iter_mut().zip(&grad[r * os + t * hidden..][..hidden]) {
+                        *d += g;
                     }
+                    cell::backward(
+                        &gates[r * gs + t * g4..][..g4],
+                        &cells[r * cs + t * hidden..][..hidden],
+                        c_prev,
+                        dh,
+                        &mut dc[r * hidden..][..hidden],
+                        &mut dxp[r * gs + t * g4..][..g4],
+                    );
                 }
                 // dh_prev = dA_t W_hh
-                matmul(
-                    (nb, hidden, g4),
-                    &mut dh_next,
-                    (hidden, 1),
-                    false,
-                    &dxp[t * g4..],
-                    (gs, 1),
-                    w,
-                    (hidden, 1),
-                    false,
-                );
+                w_p.mul(nb, &dxp[t * g4..], gs, &mut dh_next, hidden, false);
             }
             dh.copy_from_slice(&dh_next);
         });
