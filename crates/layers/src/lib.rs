@@ -28,6 +28,9 @@ pub mod attention;
 mod error;
 pub mod position;
 pub mod rnn;
+mod rows;
 pub mod transformer;
 
 pub use error::LayerError;
+
+pub use rows::linear_rows;

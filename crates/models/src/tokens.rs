@@ -39,5 +39,12 @@ pub(crate) fn check_positions(model: &str, start: usize, seq_length: usize, max_
 /// - `hidden`: `[batch_size, seq_length, d_model]`; `embedding`: `[vocab_size, d_model]`
 /// - returns: `[batch_size, seq_length, vocab_size]`
 pub(crate) fn tied_logits(hidden: Tensor<3>, embedding: &Embedding) -> Tensor<3> {
-    hidden.matmul(embedding.weight.val().transpose().unsqueeze())
+    // Rows folded: one [rows, d_model] x [d_model, vocab] product instead of one per batch entry.
+    let [batch_size, seq_length, d_model] = hidden.dims();
+    let weight = embedding.weight.val();
+    let vocab_size = weight.dims()[0];
+    hidden
+        .reshape([batch_size * seq_length, d_model])
+        .matmul(weight.transpose())
+        .reshape([batch_size, seq_length, vocab_size])
 }

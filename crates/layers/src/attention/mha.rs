@@ -11,6 +11,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use super::cache::KvCache;
 use super::mask::attention_mask;
 use crate::error::{LayerError, assert_shape, check, fetch};
+use crate::rows::linear_rows;
 use crate::transformer::normal_linear;
 
 /// Configuration of a [`MultiHeadAttention`].
@@ -307,7 +308,7 @@ impl MultiHeadAttention {
             &input.query.dims(),
             &[None, None, Some(d_model)],
         );
-        self.query.forward(input.query.clone())
+        linear_rows(&self.query, input.query.clone())
     }
 
     /// Keys and values, `[batch_size, n_heads, seq_k, d_head]`.
@@ -330,8 +331,8 @@ impl MultiHeadAttention {
             &[Some(batch_size), None, Some(expected_width)],
         );
         (
-            self.split_heads(self.key.forward(memory.clone())),
-            self.split_heads(self.value.forward(memory.clone())),
+            self.split_heads(linear_rows(&self.key, memory.clone())),
+            self.split_heads(linear_rows(&self.value, memory.clone())),
         )
     }
 
@@ -397,7 +398,7 @@ impl MultiHeadAttention {
             .swap_dims(1, 2)
             .reshape([batch_size, seq_q, self.d_inner()]);
         AttentionOutput {
-            context: self.output.forward(context),
+            context: linear_rows(&self.output, context),
             weights,
         }
     }

@@ -1,5 +1,6 @@
 //! The position-wise feed-forward block of a Transformer.
 
+use crate::rows::linear_rows;
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
@@ -193,16 +194,16 @@ impl FeedForward {
     /// - `x`: `[batch_size, seq_length, d_model]`
     /// - returns: `[batch_size, seq_length, d_model]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let up = self.up.forward(x.clone());
+        let up = linear_rows(&self.up, x.clone());
         let hidden = match self.activation {
             FeedForwardActivation::Gelu => gelu_exact(up),
             FeedForwardActivation::GeluTanh => gelu_tanh(up),
             FeedForwardActivation::Relu => relu(up),
             FeedForwardActivation::SwiGlu => {
                 let gate = self.gate.as_ref().expect("SwiGLU has a gate projection");
-                silu(gate.forward(x)) * up
+                silu(linear_rows(gate, x)) * up
             }
         };
-        self.down.forward(self.dropout.forward(hidden))
+        linear_rows(&self.down, self.dropout.forward(hidden))
     }
 }

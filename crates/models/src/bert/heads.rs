@@ -40,9 +40,10 @@ impl MaskedLmHead {
     /// - `hidden`: `[batch_size, seq_length, d_model]`
     /// - returns: `[batch_size, seq_length, vocab_size]`
     pub fn forward(&self, hidden: Tensor<3>, word_embeddings: &Embedding) -> Tensor<3> {
-        let h = self
-            .norm
-            .forward(self.activation.apply(self.transform.forward(hidden)));
+        let h = self.norm.forward(
+            self.activation
+                .apply(lmforge_layers::linear_rows(&self.transform, hidden)),
+        );
         tied_logits(h, word_embeddings) + self.bias.val().unsqueeze::<3>()
     }
 }

@@ -319,7 +319,7 @@ impl Gpt {
     /// - returns: `[batch_size, seq_length, vocab_size]`
     pub fn logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
-            Some(head) => head.forward(hidden),
+            Some(head) => lmforge_layers::linear_rows(head, hidden),
             None => tied_logits(hidden, &self.token_embedding),
         }
     }
