@@ -26,6 +26,8 @@
 
 pub mod attention;
 mod error;
+#[cfg(feature = "flex")]
+mod fused;
 pub mod position;
 pub mod rnn;
 mod rows;

@@ -107,8 +107,18 @@ pub fn normal_linear(d_in: usize, d_out: usize, bias: bool, std: f64, device: &D
 /// burn 0.22's fused `gelu` is exact forward everywhere, but its backward on the backends
 /// that use burn's default (ndarray, wgpu) is the derivative of the tanh approximation (off by
 /// ~1e-4 in BERT gradients; flex is exact). So when `x` is tracked by autodiff, GELU is composed
-/// from `erf`, whose gradient is exact; inference keeps the fused op.
+/// from `erf`, whose gradient is exact; inference keeps the fused op. On flex (with the `flex`
+/// feature) it is one fused operation with its exact derivative.
 pub(crate) fn gelu_exact<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if let Some(y) = crate::fused::activation::gelu_exact(&x) {
+        return y;
+    }
+    gelu_exact_composed(x)
+}
+
+/// [`gelu_exact`] from burn's tensor ops.
+pub(crate) fn gelu_exact_composed<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     if x.is_tracked() {
         let half = x.clone().mul_scalar(0.5);
         half.clone() + half * x.mul_scalar(std::f64::consts::FRAC_1_SQRT_2).erf()
@@ -121,7 +131,17 @@ pub(crate) fn gelu_exact<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 /// equal `x σ(2√(2/π) (x + 0.044715 x³))` (since `(1 + tanh z)/2 = σ(2z)`): one sigmoid and
 /// products instead of a cube through `powf` and a `tanh`, which on the CPU backends are the
 /// slow scalar library calls. This roughly halves the activation's cost in GPT training.
+/// On flex (with the `flex` feature) it is one fused operation with its derivative.
 pub(crate) fn gelu_tanh<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    #[cfg(feature = "flex")]
+    if let Some(y) = crate::fused::activation::gelu_tanh(&x) {
+        return y;
+    }
+    gelu_tanh_composed(x)
+}
+
+/// [`gelu_tanh`] from burn's tensor ops.
+pub(crate) fn gelu_tanh_composed<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     // 2 √(2/π)
     const SCALE: f64 = 1.595_769_121_605_730_8;
     let inner = (x.clone() * x.clone())

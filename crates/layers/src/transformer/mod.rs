@@ -2,7 +2,7 @@
 //! and encoder and decoder blocks in pre-LN (GPT-2) or post-LN (BERT) arrangement.
 
 mod block;
-mod feed_forward;
+pub(crate) mod feed_forward;
 mod norm;
 
 pub use block::{

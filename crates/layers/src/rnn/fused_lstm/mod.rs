@@ -21,7 +21,7 @@
 //! which compute the same function.
 
 use burn::tensor::DType;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::{
@@ -37,6 +37,7 @@ use rayon::prelude::*;
 mod cell;
 mod packed;
 
+use crate::fused::{contiguous, flex_tensor, slice};
 use packed::Packed;
 
 /// Runs one LSTM direction over a projected sequence as one fused operation.
@@ -165,28 +166,6 @@ struct LstmState {
     h0: FlexTensor,
     c0: FlexTensor,
     reverse: bool,
-}
-
-fn contiguous(tensor: FlexTensor) -> FlexTensor {
-    if tensor.as_slice::<f32>().is_some() {
-        tensor
-    } else {
-        tensor.to_contiguous()
-    }
-}
-
-fn slice(tensor: &FlexTensor) -> &[f32] {
-    tensor
-        .as_slice::<f32>()
-        .expect("fused LSTM buffers are contiguous f32")
-}
-
-fn flex(data: Vec<f32>, shape: [usize; 3]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(data, shape))
-}
-
-fn flex2(data: Vec<f32>, shape: [usize; 2]) -> FlexTensor {
-    FlexTensor::from_data(TensorData::new(data, shape))
 }
 
 /// `dst = (read_dst ? dst : 0) + lhs * rhs` on strided row-major views (`*_rs`: row stride,
@@ -326,7 +305,7 @@ fn forward(
                     .copy_from_slice(&cells[r * cs + last * hidden..][..hidden]);
             }
         });
-    let out = flex(out, [batch, seq + 1, hidden]);
+    let out = flex_tensor(out, [batch, seq + 1, hidden]);
     (out, Saved { dims, gates, cells })
 }
 
@@ -449,16 +428,16 @@ impl Backward<Flex, 4> for LstmBackward {
         let g = backward(&state, slice(&grad));
         let [xp, w, h0, c0] = ops.parents;
         if let Some(node) = xp {
-            grads.register::<Flex>(node.id, flex(g.xp, [batch, seq, 4 * hidden]));
+            grads.register::<Flex>(node.id, flex_tensor(g.xp, [batch, seq, 4 * hidden]));
         }
         if let Some(node) = w {
-            grads.register::<Flex>(node.id, flex2(g.w, [4 * hidden, hidden]));
+            grads.register::<Flex>(node.id, flex_tensor(g.w, [4 * hidden, hidden]));
         }
         if let Some(node) = h0 {
-            grads.register::<Flex>(node.id, flex2(g.h0, [batch, hidden]));
+            grads.register::<Flex>(node.id, flex_tensor(g.h0, [batch, hidden]));
         }
         if let Some(node) = c0 {
-            grads.register::<Flex>(node.id, flex2(g.c0, [batch, hidden]));
+            grads.register::<Flex>(node.id, flex_tensor(g.c0, [batch, hidden]));
         }
     }
 }

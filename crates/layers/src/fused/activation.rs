@@ -1,0 +1,279 @@
+//! GELU (exact and tanh approximation) as single fused operations with hand-written derivatives.
+
+use core::marker::PhantomData;
+
+use burn::tensor::{DType, Tensor};
+use burn_autodiff::Autodiff;
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::{
+    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+};
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_dispatch::DispatchKindConversion;
+use burn_flex::{Flex, FlexTensor};
+use burn_tensor::DispatchTensor;
+use rayon::prelude::*;
+
+use super::math::{erf, exp, sigmoid, simd_dispatch};
+use super::{contiguous, flex_tensor, slice};
+
+/// Elements per rayon task.
+const CHUNK: usize = 1 << 14;
+
+/// An elementwise function and its derivative, over chunks.
+trait Activation: Copy + Send + Sync + core::fmt::Debug + 'static {
+    /// `y = f(x)`.
+    fn forward(x: &[f32], y: &mut [f32]);
+    /// `dx = dy * f'(x)`.
+    fn backward(x: &[f32], dy: &[f32], dx: &mut [f32]);
+}
+
+/// `2 √(2/π)`: GELU-tanh is `x σ(K1 x + K3 x³)`.
+const K1: f32 = 1.595_769_2;
+const K3: f32 = K1 * 0.044_715;
+/// `1/√2` and `1/√(2π)`.
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
+
+simd_dispatch! {
+    fn gelu_tanh_forward(x: &[f32], y: &mut [f32]) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = x * sigmoid(x * (K1 + K3 * x * x));
+        }
+    }
+}
+
+simd_dispatch! {
+    fn gelu_tanh_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+            let s = sigmoid(x * (K1 + K3 * x * x));
+            *dx = dy * (s + x * s * (1.0 - s) * (K1 + 3.0 * K3 * x * x));
+        }
+    }
+}
+
+simd_dispatch! {
+    fn gelu_exact_forward(x: &[f32], y: &mut [f32]) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = 0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2));
+        }
+    }
+}
+
+simd_dispatch! {
+    fn gelu_exact_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
+            let cdf = 0.5 * (1.0 + erf(x * FRAC_1_SQRT_2));
+            let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * x * x);
+            *dx = dy * (cdf + x * pdf);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct GeluTanh;
+
+impl Activation for GeluTanh {
+    fn forward(x: &[f32], y: &mut [f32]) {
+        gelu_tanh_forward(x, y)
+    }
+    fn backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        gelu_tanh_backward(x, dy, dx)
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+struct GeluExact;
+
+impl Activation for GeluExact {
+    fn forward(x: &[f32], y: &mut [f32]) {
+        gelu_exact_forward(x, y)
+    }
+    fn backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
+        gelu_exact_backward(x, dy, dx)
+    }
+}
+
+/// GELU's tanh approximation, `x/2 (1 + tanh(√(2/π) (x + 0.044715 x³)))`, fused on flex.
+pub(crate) fn gelu_tanh<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
+    unary::<D, GeluTanh>(x)
+}
+
+/// Exact GELU, `x Φ(x) = x/2 (1 + erf(x/√2))`, fused on flex.
+pub(crate) fn gelu_exact<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
+    unary::<D, GeluExact>(x)
+}
+
+fn map(x: &[f32], f: fn(&[f32], &mut [f32])) -> Vec<f32> {
+    let mut y = vec![0.0f32; x.len()];
+    y.par_chunks_mut(CHUNK)
+        .zip(x.par_chunks(CHUNK))
+        .for_each(|(y, x)| f(x, y));
+    y
+}
+
+fn unary<const D: usize, A: Activation>(x: &Tensor<D>) -> Option<Tensor<D>> {
+    if x.dtype() != DType::F32 {
+        return None;
+    }
+    if let Some(y) = unary_autodiff::<D, A, NoCheckpointing>(x) {
+        return Some(y);
+    }
+    if let Some(y) = unary_autodiff::<D, A, BalancedCheckpointing>(x) {
+        return Some(y);
+    }
+    let x = contiguous(x.clone().try_into_primitive::<Flex>().ok()?);
+    let y = flex_tensor(map(slice(&x), A::forward), x.layout().shape().clone());
+    Some(Tensor::from_primitive::<Flex>(y))
+}
+
+fn unary_autodiff<const D: usize, A: Activation, C: CheckpointStrategy>(
+    x: &Tensor<D>,
+) -> Option<Tensor<D>>
+where
+    DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
+{
+    let x = x.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
+    let guard = x.node();
+    let x = contiguous(x.into_primitive());
+    let y = flex_tensor(map(slice(&x), A::forward), x.layout().shape().clone());
+    let y = match UnaryBackward::<A>(PhantomData)
+        .prepare::<C>([guard])
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(x, y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    Some(Tensor::from_primitive::<Autodiff<Flex, C>>(y))
+}
+
+/// The backward node: keeps the input and applies the derivative.
+#[derive(Debug)]
+struct UnaryBackward<A>(PhantomData<A>);
+
+impl<A: Activation> Backward<Flex, 1> for UnaryBackward<A> {
+    type State = FlexTensor;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = contiguous(grads.consume::<Flex>(&ops.node));
+        let [parent] = ops.parents;
+        let Some(parent) = parent else {
+            return;
+        };
+        let x = ops.state;
+        let (xs, dys) = (slice(&x), slice(&dy));
+        let mut dx = vec![0.0f32; xs.len()];
+        dx.par_chunks_mut(CHUNK)
+            .zip(xs.par_chunks(CHUNK).zip(dys.par_chunks(CHUNK)))
+            .for_each(|(dx, (x, dy))| A::backward(x, dy, dx));
+        grads.register::<Flex>(parent.id, flex_tensor(dx, x.layout().shape().clone()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Tensor, TensorData};
+    use lmforge_device::Backend;
+    use lmforge_device::testing::test_devices;
+
+    use crate::transformer::feed_forward::{gelu_exact_composed, gelu_tanh_composed};
+
+    type Pair = (
+        fn(&Tensor<3>) -> Option<Tensor<3>>,
+        fn(Tensor<3>) -> Tensor<3>,
+    );
+    const PAIRS: [(&str, Pair); 2] = [
+        ("gelu_tanh", (super::gelu_tanh, gelu_tanh_composed)),
+        ("gelu_exact", (super::gelu_exact, gelu_exact_composed)),
+    ];
+
+    fn input(shape: [usize; 3], device: &Device) -> Tensor<3> {
+        let n = shape.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919) % 2001) as f32 / 250.0 - 4.0)
+            .collect();
+        Tensor::from_data(TensorData::new(values, shape), device)
+    }
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    fn worst(a: &[f32], b: &[f32]) -> f32 {
+        assert_eq!(a.len(), b.len());
+        a.iter()
+            .zip(b)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max)
+    }
+
+    #[test]
+    fn fused_activation_runs_on_flex_only() {
+        for selected in test_devices() {
+            for device in [selected.device.clone(), selected.device.clone().autodiff()] {
+                let x = input([2, 3, 4], &device);
+                for (name, (fused, _)) in PAIRS {
+                    assert_eq!(
+                        fused(&x).is_some(),
+                        selected.backend == Backend::Flex,
+                        "{name} on {selected}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Values and gradients of the fused kernels equal the composed ops (several rayon chunks,
+    /// a non-contiguous input, with and without gradient checkpointing, and without autodiff).
+    #[test]
+    fn fused_equals_composed() {
+        let Some(flex) = test_devices().iter().find(|d| d.backend == Backend::Flex) else {
+            return;
+        };
+        let devices = [
+            flex.device.clone().autodiff(),
+            flex.device.clone().autodiff().gradient_checkpointing(),
+        ];
+        for (name, (fused, composed)) in PAIRS {
+            for device in &devices {
+                for transpose in [false, true] {
+                    let run = |fused_path: bool| {
+                        let x = input([3, 70, 100], device).require_grad();
+                        let xin = if transpose {
+                            x.clone().swap_dims(1, 2)
+                        } else {
+                            x.clone()
+                        };
+                        let y = if fused_path {
+                            fused(&xin).expect("flex runs the fused kernel")
+                        } else {
+                            composed(xin)
+                        };
+                        let weights = input(y.dims(), device).mul_scalar(0.25);
+                        let grads = (y.clone() * weights).sum().backward();
+                        (values(y), values(x.grad(&grads).unwrap()))
+                    };
+                    let (y, dx) = run(true);
+                    let (y_ref, dx_ref) = run(false);
+                    let (ey, edx) = (worst(&y, &y_ref), worst(&dx, &dx_ref));
+                    assert!(
+                        ey <= 2e-6,
+                        "{name} (transposed {transpose}): values differ by {ey}"
+                    );
+                    assert!(
+                        edx <= 2e-6,
+                        "{name} (transposed {transpose}): gradients differ by {edx}"
+                    );
+                }
+            }
+            let x = input([3, 70, 100], &flex.device);
+            let (y, y_ref) = (fused(&x).unwrap(), composed(x));
+            assert!(
+                worst(&values(y), &values(y_ref)) <= 2e-6,
+                "{name} without autodiff"
+            );
+        }
+    }
+}
