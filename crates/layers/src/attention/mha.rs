@@ -387,12 +387,17 @@ impl MultiHeadAttention {
                 )
                 .expect("a padding mask gives a mask")
             });
-            let options = AttentionModuleOptions {
-                scale: None,
-                softcap: None,
-                is_causal: input.causal,
-            };
-            (attention(q, k, v, mask, None, options), None)
+            match fused_attention(&q, &k, &v, mask.as_ref(), input.causal) {
+                Some(context) => (context, None),
+                None => {
+                    let options = AttentionModuleOptions {
+                        scale: None,
+                        softcap: None,
+                        is_causal: input.causal,
+                    };
+                    (attention(q, k, v, mask, None, options), None)
+                }
+            }
         };
         let context = context
             .swap_dims(1, 2)
@@ -402,6 +407,25 @@ impl MultiHeadAttention {
             weights,
         }
     }
+}
+
+/// Training attention on flex as one operation with a hand-written backward pass (see
+/// `crate::fused::attention`); `None` elsewhere, where burn's `attention` runs.
+#[cfg_attr(not(feature = "flex"), allow(unused_variables))]
+fn fused_attention(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    mask: Option<&Tensor<4, Bool>>,
+    causal: bool,
+) -> Option<Tensor<4>> {
+    #[cfg(feature = "flex")]
+    {
+        let scale = (q.dims()[3] as f64).sqrt().recip() as f32;
+        crate::fused::attention::attention(q, k, v, mask, causal, scale)
+    }
+    #[cfg(not(feature = "flex"))]
+    None
 }
 
 /// Softmax over the last dimension with masked positions (`true`) excluded; a row whose

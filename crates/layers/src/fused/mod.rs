@@ -10,6 +10,7 @@
 //! the two paths value for value and gradient for gradient.
 
 pub(crate) mod activation;
+pub(crate) mod attention;
 pub(crate) mod math;
 
 use burn::tensor::{Shape, TensorData};
@@ -37,4 +38,69 @@ pub(crate) fn slice(tensor: &FlexTensor) -> &[f32] {
 /// A flex tensor owning `data`, row-major with `shape`.
 pub(crate) fn flex_tensor(data: Vec<f32>, shape: impl Into<Shape>) -> FlexTensor {
     FlexTensor::from_data(TensorData::new(data, shape))
+}
+
+/// `dst = (read_dst ? dst : 0) + lhs * rhs` on strided row-major views (`*_rs`: row stride,
+/// `*_cs`: column stride), `[m, k] x [k, n]`.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [f32],
+    (dst_rs, dst_cs): (usize, usize),
+    read_dst: bool,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+    parallel: bool,
+) {
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * rs + (cols - 1) * cs + 1
+        }
+    };
+    assert!(
+        dst.len() >= last(m, dst_rs, n, dst_cs),
+        "fused matmul: dst view out of bounds"
+    );
+    assert!(
+        lhs.len() >= last(m, lhs_rs, k, lhs_cs),
+        "fused matmul: lhs view out of bounds"
+    );
+    assert!(
+        rhs.len() >= last(k, rhs_rs, n, rhs_cs),
+        "fused matmul: rhs view out of bounds"
+    );
+    let parallelism = if parallel {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    };
+    // SAFETY: the three views were bounds-checked above; `dst` is borrowed mutably, so it
+    // aliases neither input.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            dst_cs as isize,
+            dst_rs as isize,
+            read_dst,
+            lhs.as_ptr(),
+            lhs_cs as isize,
+            lhs_rs as isize,
+            rhs.as_ptr(),
+            rhs_cs as isize,
+            rhs_rs as isize,
+            1.0f32,
+            1.0f32,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
 }
