@@ -11,6 +11,7 @@
 
 pub(crate) mod activation;
 pub(crate) mod attention;
+pub(crate) mod layer_norm;
 pub(crate) mod math;
 
 use burn::tensor::{Shape, TensorData};

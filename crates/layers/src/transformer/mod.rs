@@ -9,7 +9,7 @@ pub use block::{
     BlockConfig, CrossAttention, DecoderBlock, DecoderBlockCache, EncoderBlock, Memory,
 };
 pub use feed_forward::{FeedForward, FeedForwardActivation, FeedForwardConfig, normal_linear};
-pub use norm::{Norm, NormKind};
+pub use norm::{LayerNorm, Norm, NormKind};
 
 #[cfg(test)]
 mod tests;

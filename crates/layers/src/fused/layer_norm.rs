@@ -1,0 +1,308 @@
+//! Layer normalisation over the last dimension as one operation with a hand-written backward
+//! pass, rows spread over rayon's threads.
+//!
+//! Per row of width `d`: `mean`, `var = mean((x - mean)²)` (two passes), `r = 1/√(var + ε)`,
+//! `x̂ = (x - mean) r`, `y = γ x̂ + β`. Backward, with `g = γ dy`:
+//! `dx = r (g - mean(g) - x̂ mean(g x̂))`, `dγ = Σ_rows dy x̂`, `dβ = Σ_rows dy`.
+
+use burn::tensor::{DType, Tensor};
+use burn_autodiff::Autodiff;
+use burn_autodiff::checkpoint::base::Checkpointer;
+use burn_autodiff::checkpoint::strategy::{
+    BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
+};
+use burn_autodiff::grads::Gradients;
+use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_dispatch::DispatchKindConversion;
+use burn_flex::{Flex, FlexTensor};
+use burn_tensor::DispatchTensor;
+use rayon::prelude::*;
+
+use super::math::simd_dispatch;
+use super::{contiguous, flex_tensor, slice};
+
+/// Rows per rayon task.
+const ROWS: usize = 64;
+
+/// `γ x̂ + β` over the last dimension of `x` on flex (`f32`), or `None` elsewhere.
+pub(crate) fn layer_norm<const D: usize>(
+    x: &Tensor<D>,
+    gamma: &Tensor<1>,
+    beta: &Tensor<1>,
+    epsilon: f64,
+) -> Option<Tensor<D>> {
+    if x.dtype() != DType::F32 || gamma.dtype() != DType::F32 || beta.dtype() != DType::F32 {
+        return None;
+    }
+    let eps = epsilon as f32;
+    if let Some(y) = on_autodiff::<D, NoCheckpointing>(x, gamma, beta, eps) {
+        return Some(y);
+    }
+    if let Some(y) = on_autodiff::<D, BalancedCheckpointing>(x, gamma, beta, eps) {
+        return Some(y);
+    }
+    let x = contiguous(x.clone().try_into_primitive::<Flex>().ok()?);
+    let gamma = contiguous(gamma.clone().try_into_primitive::<Flex>().ok()?);
+    let beta = contiguous(beta.clone().try_into_primitive::<Flex>().ok()?);
+    let (y, _) = forward(slice(&x), slice(&gamma), slice(&beta), eps);
+    let y = flex_tensor(y, x.layout().shape().clone());
+    Some(Tensor::from_primitive::<Flex>(y))
+}
+
+fn on_autodiff<const D: usize, C: CheckpointStrategy>(
+    x: &Tensor<D>,
+    gamma: &Tensor<1>,
+    beta: &Tensor<1>,
+    eps: f32,
+) -> Option<Tensor<D>>
+where
+    DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
+{
+    let x = x.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
+    let gamma = gamma
+        .clone()
+        .try_into_primitive::<Autodiff<Flex, C>>()
+        .ok()?;
+    let beta = beta
+        .clone()
+        .try_into_primitive::<Autodiff<Flex, C>>()
+        .ok()?;
+    let guards = [x.node(), gamma.node(), beta.node()];
+    let x = contiguous(x.into_primitive());
+    let gamma = contiguous(gamma.into_primitive());
+    let beta = contiguous(beta.into_primitive());
+    let (y, stats) = forward(slice(&x), slice(&gamma), slice(&beta), eps);
+    let y = flex_tensor(y, x.layout().shape().clone());
+    let y = match LayerNormBackward
+        .prepare::<C>(guards)
+        .compute_bound()
+        .stateful()
+    {
+        OpsKind::Tracked(prep) => prep.finish(LayerNormState { x, gamma, stats }, y),
+        OpsKind::UnTracked(prep) => prep.finish(y),
+    };
+    Some(Tensor::from_primitive::<Autodiff<Flex, C>>(y))
+}
+
+simd_dispatch! {
+    /// One row: writes `y` and returns `(mean, 1/√(var + ε))` in `stats`.
+    fn row_forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, y: &mut [f32], stats: &mut [f32]) {
+        let d = x.len() as f32;
+        let mean = x.iter().sum::<f32>() / d;
+        let var = x.iter().map(|&v| (v - mean) * (v - mean)).sum::<f32>() / d;
+        let r = 1.0 / (var + eps).sqrt();
+        for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
+            *y = (x - mean) * r * g + b;
+        }
+        stats[0] = mean;
+        stats[1] = r;
+    }
+}
+
+simd_dispatch! {
+    /// One row of the backward pass: writes `dx`, adds to `dgamma` and `dbeta`.
+    fn row_backward(
+        x: &[f32],
+        dy: &[f32],
+        gamma: &[f32],
+        stats: &[f32],
+        dx: &mut [f32],
+        dgamma: &mut [f32],
+        dbeta: &mut [f32],
+    ) {
+        let (mean, r) = (stats[0], stats[1]);
+        let d = x.len() as f32;
+        let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
+        for ((&x, &dy), &gamma) in x.iter().zip(dy).zip(gamma) {
+            let g = dy * gamma;
+            sum_g += g;
+            sum_gx += g * ((x - mean) * r);
+        }
+        let (a, b) = (sum_g / d, sum_gx / d);
+        for (j, dx) in dx.iter_mut().enumerate() {
+            let xhat = (x[j] - mean) * r;
+            *dx = r * (dy[j] * gamma[j] - a - xhat * b);
+            dgamma[j] += dy[j] * xhat;
+            dbeta[j] += dy[j];
+        }
+    }
+}
+
+/// Every row; returns `y` and the per-row `(mean, r)`.
+fn forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
+    let d = gamma.len();
+    let rows = x.len() / d;
+    let mut y = vec![0.0f32; x.len()];
+    let mut stats = vec![0.0f32; 2 * rows];
+    y.par_chunks_mut(ROWS * d)
+        .zip(stats.par_chunks_mut(ROWS * 2))
+        .zip(x.par_chunks(ROWS * d))
+        .for_each(|((y, stats), x)| {
+            for ((y, stats), x) in y.chunks_mut(d).zip(stats.chunks_mut(2)).zip(x.chunks(d)) {
+                row_forward(x, gamma, beta, eps, y, stats);
+            }
+        });
+    (y, stats)
+}
+
+/// State of the backward node.
+#[derive(Clone, Debug)]
+struct LayerNormState {
+    x: FlexTensor,
+    gamma: FlexTensor,
+    /// `(mean, 1/√(var + ε))` per row.
+    stats: Vec<f32>,
+}
+
+#[derive(Debug)]
+struct LayerNormBackward;
+
+impl Backward<Flex, 3> for LayerNormBackward {
+    type State = LayerNormState;
+
+    fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let dy = contiguous(grads.consume::<Flex>(&ops.node));
+        let state = ops.state;
+        let (x, gamma, dy) = (slice(&state.x), slice(&state.gamma), slice(&dy));
+        let d = gamma.len();
+        let mut dx = vec![0.0f32; x.len()];
+        let (dgamma, dbeta) = dx
+            .par_chunks_mut(ROWS * d)
+            .zip(x.par_chunks(ROWS * d))
+            .zip(dy.par_chunks(ROWS * d))
+            .zip(state.stats.par_chunks(ROWS * 2))
+            .map(|(((dx, x), dy), stats)| {
+                let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
+                for (((dx, x), dy), stats) in dx
+                    .chunks_mut(d)
+                    .zip(x.chunks(d))
+                    .zip(dy.chunks(d))
+                    .zip(stats.chunks(2))
+                {
+                    row_backward(x, dy, gamma, stats, dx, &mut dgamma, &mut dbeta);
+                }
+                (dgamma, dbeta)
+            })
+            .reduce(
+                || (vec![0.0f32; d], vec![0.0f32; d]),
+                |(mut g1, mut b1), (g2, b2)| {
+                    g1.iter_mut().zip(g2).for_each(|(a, b)| *a += b);
+                    b1.iter_mut().zip(b2).for_each(|(a, b)| *a += b);
+                    (g1, b1)
+                },
+            );
+        let [node_x, node_gamma, node_beta] = ops.parents;
+        if let Some(node) = node_x {
+            grads.register::<Flex>(node.id, flex_tensor(dx, state.x.layout().shape().clone()));
+        }
+        if let Some(node) = node_gamma {
+            grads.register::<Flex>(node.id, flex_tensor(dgamma, [d]));
+        }
+        if let Some(node) = node_beta {
+            grads.register::<Flex>(node.id, flex_tensor(dbeta, [d]));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::{Device, Tensor, TensorData};
+    use lmforge_device::Backend;
+    use lmforge_device::testing::test_devices;
+
+    fn input<const D: usize>(shape: [usize; D], salt: usize, device: &Device) -> Tensor<D> {
+        let n = shape.iter().product();
+        let values: Vec<f32> = (0..n)
+            .map(|i| ((i * 7919 + salt * 104_729) % 2001) as f32 / 400.0 - 2.0)
+            .collect();
+        Tensor::from_data(TensorData::new(values, shape), device)
+    }
+
+    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+        t.into_data().try_to_vec::<f32>().unwrap()
+    }
+
+    fn run(device: &Device, shape: [usize; 3], transpose: bool, fused: bool) -> Vec<Vec<f32>> {
+        let d = if transpose { shape[1] } else { shape[2] };
+        let x = input(shape, 1, device).require_grad();
+        let gamma = input([d], 2, device).require_grad();
+        let beta = input([d], 3, device).require_grad();
+        let xin = if transpose {
+            x.clone().swap_dims(1, 2)
+        } else {
+            x.clone()
+        };
+        let y = if fused {
+            super::layer_norm(&xin, &gamma, &beta, 1e-5).expect("flex runs the fused kernel")
+        } else {
+            burn::tensor::module::layer_norm(xin, gamma.clone(), Some(beta.clone()), 1e-5)
+        };
+        let weights = input(y.dims(), 4, device);
+        let grads = (y.clone() * weights).sum().backward();
+        vec![
+            values(y),
+            values(x.grad(&grads).unwrap()),
+            values(gamma.grad(&grads).unwrap()),
+            values(beta.grad(&grads).unwrap()),
+        ]
+    }
+
+    /// Values and gradients equal burn's composed `layer_norm` (several rayon tasks, a
+    /// non-contiguous input, with and without checkpointing, and without autodiff).
+    #[test]
+    fn fused_equals_composed_layer_norm() {
+        let Some(flex) = test_devices().iter().find(|d| d.backend == Backend::Flex) else {
+            return;
+        };
+        for device in [
+            flex.device.clone().autodiff(),
+            flex.device.clone().autodiff().gradient_checkpointing(),
+        ] {
+            for (shape, transpose) in [([3, 70, 48], false), ([2, 33, 9], true), ([1, 1, 5], false)]
+            {
+                let fused = run(&device, shape, transpose, true);
+                let composed = run(&device, shape, transpose, false);
+                for (name, (a, b)) in ["y", "dx", "dgamma", "dbeta"]
+                    .iter()
+                    .zip(fused.iter().zip(&composed))
+                {
+                    let worst = a
+                        .iter()
+                        .zip(b)
+                        .map(|(a, b)| (a - b).abs())
+                        .fold(0.0f32, f32::max);
+                    let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
+                    assert!(
+                        worst <= 2e-6 * scale,
+                        "{name} (shape {shape:?}, transposed {transpose}): differs by {worst} (scale {scale})"
+                    );
+                }
+            }
+        }
+        let x = input([4, 6, 10], 1, &flex.device);
+        let (gamma, beta) = (input([10], 2, &flex.device), input([10], 3, &flex.device));
+        let fused = super::layer_norm(&x, &gamma, &beta, 1e-5).unwrap();
+        let composed = burn::tensor::module::layer_norm(x, gamma, Some(beta), 1e-5);
+        let worst = values(fused)
+            .iter()
+            .zip(values(composed))
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        assert!(worst <= 1e-5, "without autodiff: {worst}");
+    }
+
+    #[test]
+    fn fused_layer_norm_runs_on_flex_only() {
+        for selected in test_devices() {
+            for device in [selected.device.clone(), selected.device.clone().autodiff()] {
+                let x = input([2, 3], 1, &device);
+                let g = input([3], 2, &device);
+                assert_eq!(
+                    super::layer_norm(&x, &g, &g, 1e-5).is_some(),
+                    selected.backend == Backend::Flex,
+                    "fused LayerNorm on {selected}"
+                );
+            }
+        }
+    }
+}
