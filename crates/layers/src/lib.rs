@@ -9,6 +9,15 @@
 //!
 //! Every layer works on any burn device; this crate never selects a backend.
 //!
+//! With the crate feature `flex` (on through the `lmforge` facade's `flex` feature), the layers
+//! that dominate training run as fused operations with hand-written backward passes when their
+//! tensors live on burn's `flex` CPU backend: the LSTM recurrence (one operation per layer and
+//! direction, its weight gradient as one product), attention (per-head products and softmax in
+//! parallel, probabilities kept for the backward pass), LayerNorm and GELU. They compute the same
+//! functions as the composed tensor code used on every other backend, and the tests compare both
+//! paths value for value and gradient for gradient. Linear layers inside the blocks fold the
+//! batch into rows ([`linear_rows`]) so that each is one matrix product.
+//!
 //! ```
 //! use burn::tensor::{Device, Tensor};
 //! use lmforge_layers::rnn::LstmConfig;
