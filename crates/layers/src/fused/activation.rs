@@ -25,8 +25,16 @@ const CHUNK: usize = 1 << 14;
 trait Activation: Copy + Send + Sync + core::fmt::Debug + 'static {
     /// `y = f(x)`.
     fn forward(x: &[f32], y: &mut [f32]);
-    /// `dx = dy * f'(x)`.
-    fn backward(x: &[f32], dy: &[f32], dx: &mut [f32]);
+    /// `dx = dy * f'(x)`, given the input `x` and the output `y = f(x)`.
+    fn backward(x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]);
+}
+
+/// `Φ(x) = y / x` for both GELUs (`y = x Φ(x)`, with `Φ` the normal CDF or its logistic
+/// approximation), and `Φ(0) = 1/2` where the division would lose it. Recovering `Φ` from the
+/// kept output saves re-evaluating `erf` or the sigmoid in the backward pass.
+#[inline(always)]
+fn cdf_from_output(x: f32, y: f32) -> f32 {
+    if x.abs() > 1e-30 { y / x } else { 0.5 }
 }
 
 /// `2 √(2/π)`: GELU-tanh is `x σ(K1 x + K3 x³)`.
@@ -45,9 +53,9 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
-    fn gelu_tanh_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-        for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-            let s = sigmoid(x * (K1 + K3 * x * x));
+    fn gelu_tanh_backward(x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]) {
+        for (((dx, &x), &y), &dy) in dx.iter_mut().zip(x).zip(y).zip(dy) {
+            let s = cdf_from_output(x, y);
             *dx = dy * (s + x * s * (1.0 - s) * (K1 + 3.0 * K3 * x * x));
         }
     }
@@ -62,11 +70,10 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
-    fn gelu_exact_backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-        for ((dx, &x), &dy) in dx.iter_mut().zip(x).zip(dy) {
-            let cdf = 0.5 * (1.0 + erf(x * FRAC_1_SQRT_2));
+    fn gelu_exact_backward(x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]) {
+        for (((dx, &x), &y), &dy) in dx.iter_mut().zip(x).zip(y).zip(dy) {
             let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * x * x);
-            *dx = dy * (cdf + x * pdf);
+            *dx = dy * (cdf_from_output(x, y) + x * pdf);
         }
     }
 }
@@ -78,8 +85,8 @@ impl Activation for GeluTanh {
     fn forward(x: &[f32], y: &mut [f32]) {
         gelu_tanh_forward(x, y)
     }
-    fn backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-        gelu_tanh_backward(x, dy, dx)
+    fn backward(x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]) {
+        gelu_tanh_backward(x, y, dy, dx)
     }
 }
 
@@ -90,8 +97,8 @@ impl Activation for GeluExact {
     fn forward(x: &[f32], y: &mut [f32]) {
         gelu_exact_forward(x, y)
     }
-    fn backward(x: &[f32], dy: &[f32], dx: &mut [f32]) {
-        gelu_exact_backward(x, dy, dx)
+    fn backward(x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]) {
+        gelu_exact_backward(x, y, dy, dx)
     }
 }
 
@@ -143,18 +150,18 @@ where
         .compute_bound()
         .stateful()
     {
-        OpsKind::Tracked(prep) => prep.finish(x, y),
+        OpsKind::Tracked(prep) => prep.finish((x, y.clone()), y),
         OpsKind::UnTracked(prep) => prep.finish(y),
     };
     Some(Tensor::from_primitive::<Autodiff<Flex, C>>(y))
 }
 
-/// The backward node: keeps the input and applies the derivative.
+/// The backward node: keeps the input and the output, and applies the derivative.
 #[derive(Debug)]
 struct UnaryBackward<A>(PhantomData<A>);
 
 impl<A: Activation> Backward<Flex, 1> for UnaryBackward<A> {
-    type State = FlexTensor;
+    type State = (FlexTensor, FlexTensor);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
         let dy = contiguous(grads.consume::<Flex>(&ops.node));
@@ -162,12 +169,13 @@ impl<A: Activation> Backward<Flex, 1> for UnaryBackward<A> {
         let Some(parent) = parent else {
             return;
         };
-        let x = ops.state;
-        let (xs, dys) = (slice(&x), slice(&dy));
+        let (x, y) = ops.state;
+        let (xs, ys, dys) = (slice(&x), slice(&y), slice(&dy));
         let mut dx = vec![0.0f32; xs.len()];
         dx.par_chunks_mut(CHUNK)
-            .zip(xs.par_chunks(CHUNK).zip(dys.par_chunks(CHUNK)))
-            .for_each(|(dx, (x, dy))| A::backward(x, dy, dx));
+            .zip(xs.par_chunks(CHUNK).zip(ys.par_chunks(CHUNK)))
+            .zip(dys.par_chunks(CHUNK))
+            .for_each(|((dx, (x, y)), dy)| A::backward(x, y, dy, dx));
         grads.register::<Flex>(parent.id, flex_tensor(dx, x.layout().shape().clone()));
     }
 }
@@ -189,10 +197,11 @@ mod tests {
         ("gelu_exact", (super::gelu_exact, gelu_exact_composed)),
     ];
 
-    fn input(shape: [usize; 3], device: &Device) -> Tensor<3> {
+    /// Values in `[-4 scale, 4 scale]`, zero included.
+    fn input(shape: [usize; 3], scale: f32, device: &Device) -> Tensor<3> {
         let n = shape.iter().product();
         let values: Vec<f32> = (0..n)
-            .map(|i| ((i * 7919) % 2001) as f32 / 250.0 - 4.0)
+            .map(|i| (((i * 7919) % 2001) as f32 / 250.0 - 4.0) * scale)
             .collect();
         Tensor::from_data(TensorData::new(values, shape), device)
     }
@@ -213,7 +222,7 @@ mod tests {
     fn fused_activation_runs_on_flex_only() {
         for selected in test_devices() {
             for device in [selected.device.clone(), selected.device.clone().autodiff()] {
-                let x = input([2, 3, 4], &device);
+                let x = input([2, 3, 4], 1.0, &device);
                 for (name, (fused, _)) in PAIRS {
                     assert_eq!(
                         fused(&x).is_some(),
@@ -238,9 +247,9 @@ mod tests {
         ];
         for (name, (fused, composed)) in PAIRS {
             for device in &devices {
-                for transpose in [false, true] {
+                for (transpose, scale) in [(false, 1.0), (true, 1.0), (false, 8.0)] {
                     let run = |fused_path: bool| {
-                        let x = input([3, 70, 100], device).require_grad();
+                        let x = input([3, 70, 100], scale, device).require_grad();
                         let xin = if transpose {
                             x.clone().swap_dims(1, 2)
                         } else {
@@ -251,7 +260,7 @@ mod tests {
                         } else {
                             composed(xin)
                         };
-                        let weights = input(y.dims(), device).mul_scalar(0.25);
+                        let weights = input(y.dims(), 0.25, device);
                         let grads = (y.clone() * weights).sum().backward();
                         (values(y), values(x.grad(&grads).unwrap()))
                     };
@@ -260,15 +269,15 @@ mod tests {
                     let (ey, edx) = (worst(&y, &y_ref), worst(&dx, &dx_ref));
                     assert!(
                         ey <= 2e-6,
-                        "{name} (transposed {transpose}): values differ by {ey}"
+                        "{name} (transposed {transpose}, scale {scale}): values differ by {ey}"
                     );
                     assert!(
                         edx <= 2e-6,
-                        "{name} (transposed {transpose}): gradients differ by {edx}"
+                        "{name} (transposed {transpose}, scale {scale}): gradients differ by {edx}"
                     );
                 }
             }
-            let x = input([3, 70, 100], &flex.device);
+            let x = input([3, 70, 100], 1.0, &flex.device);
             let (y, y_ref) = (fused(&x).unwrap(), composed(x));
             assert!(
                 worst(&values(y), &values(y_ref)) <= 2e-6,

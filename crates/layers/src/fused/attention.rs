@@ -28,7 +28,7 @@ use burn_tensor::DispatchTensor;
 use rayon::prelude::*;
 
 use super::math::{exp, simd_dispatch};
-use super::{contiguous, flex_tensor, matmul, slice};
+use super::{flex_tensor, matmul};
 
 /// Attention `softmax(s Q Kᵀ + mask) V` of autodiff tensors on flex, or `None` (other devices,
 /// other dtypes, or no autodiff: flex's own attention op serves inference).
@@ -45,7 +45,8 @@ pub(crate) fn attention(
     causal: bool,
     scale: f32,
 ) -> Option<Tensor<4>> {
-    if q.dtype() != DType::F32 || !q.device().is_autodiff() {
+    let f32s = [q.dtype(), k.dtype(), v.dtype()].iter().all(|&d| d == DType::F32);
+    if !f32s || !q.device().is_autodiff() {
         return None;
     }
     // Check the backend before reading the mask back.
@@ -82,9 +83,9 @@ struct Dims {
 struct AttentionState {
     dims: Dims,
     scale: f32,
-    q: FlexTensor,
-    k: FlexTensor,
-    v: FlexTensor,
+    q: HeadView,
+    k: HeadView,
+    v: HeadView,
     /// Probabilities, `[batch * heads, seq_q, seq_k]`.
     probs: Vec<f32>,
 }
@@ -105,13 +106,16 @@ where
     let v = v.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
     let guards = [q.node(), k.node(), v.node()];
     let (q, k, v) = (
-        contiguous(q.into_primitive()),
-        contiguous(k.into_primitive()),
-        contiguous(v.into_primitive()),
+        HeadView::new(q.into_primitive()),
+        HeadView::new(k.into_primitive()),
+        HeadView::new(v.into_primitive()),
     );
-    let [batch, heads, seq_q, d] = dims4(&q);
-    let [_, _, seq_k, d_v] = dims4(&v);
-    assert_eq!(dims4(&k), [batch, heads, seq_k, d], "attention: key shape");
+    let [batch, heads, seq_q, d] = q.dims;
+    let [_, _, seq_k, d_v] = v.dims;
+    assert_eq!(k.dims, [batch, heads, seq_k, d], "attention: key shape");
+    if batch * heads * seq_q * seq_k == 0 {
+        return None;
+    }
     let dims = Dims {
         heads,
         seq_q,
@@ -126,17 +130,10 @@ where
             "attention: mask shape"
         );
     }
-    let (out, probs) = forward(
-        dims,
-        batch,
-        slice(&q),
-        slice(&k),
-        slice(&v),
-        mask.as_deref(),
-        causal,
-        scale,
-    );
-    let out = flex_tensor(out, [batch, heads, seq_q, d_v]);
+    let (out, probs) = forward(dims, batch, &q, &k, &v, mask.as_deref(), causal, scale);
+    // Written as `[batch, seq_q, heads, d_v]` and returned as its `[batch, heads, seq_q, d_v]`
+    // view: multi-head attention swaps the two back and merges the heads without a copy.
+    let out = flex_tensor(out, [batch, seq_q, heads, d_v]).transpose(1, 2);
     let out = match AttentionBackward
         .prepare::<C>(guards)
         .compute_bound()
@@ -158,9 +155,53 @@ where
     Some(Tensor::from_primitive::<Autodiff<Flex, C>>(out))
 }
 
-fn dims4(tensor: &FlexTensor) -> [usize; 4] {
-    let shape = tensor.layout().shape();
-    [shape[0], shape[1], shape[2], shape[3]]
+/// A `[batch, heads, rows, cols]` tensor read per (batch, head) as a row-major matrix with a
+/// row stride: any layout whose last stride is 1 and whose other strides are non-negative, which
+/// covers contiguous tensors and the `[batch, rows, heads, cols]` buffers that multi-head
+/// attention views with heads and rows swapped. Other layouts are copied once.
+#[derive(Clone, Debug)]
+struct HeadView {
+    tensor: FlexTensor,
+    dims: [usize; 4],
+    strides: [usize; 4],
+    offset: usize,
+}
+
+impl HeadView {
+    fn new(tensor: FlexTensor) -> Self {
+        let readable = |t: &FlexTensor| {
+            let strides = t.layout().strides();
+            strides.len() == 4 && strides[3] == 1 && strides.iter().all(|&s| s >= 0)
+        };
+        let tensor = if readable(&tensor) {
+            tensor
+        } else {
+            tensor.to_contiguous()
+        };
+        let layout = tensor.layout();
+        let shape = layout.shape();
+        let dims = [shape[0], shape[1], shape[2], shape[3]];
+        let s = layout.strides();
+        let strides = [s[0], s[1], s[2], s[3]].map(|s| s as usize);
+        let offset = layout.start_offset();
+        Self {
+            tensor,
+            dims,
+            strides,
+            offset,
+        }
+    }
+
+    /// The matrix of `(batch, head)` and its row stride.
+    fn matrix(&self, batch: usize, head: usize) -> (&[f32], usize) {
+        let [_, _, rows, cols] = self.dims;
+        let start = self.offset + batch * self.strides[0] + head * self.strides[1];
+        let len = (rows - 1) * self.strides[2] + cols;
+        (
+            &self.tensor.storage::<f32>()[start..start + len],
+            self.strides[2],
+        )
+    }
 }
 
 simd_dispatch! {
@@ -176,14 +217,15 @@ simd_dispatch! {
     }
 }
 
-/// Per (batch, head): scores, masked softmax, context. Returns the context and probabilities.
+/// Per (batch, head): scores, masked softmax, context. Returns the context, laid out
+/// `[batch, seq_q, heads, d_v]`, and the probabilities, `[batch, heads, seq_q, seq_k]`.
 #[allow(clippy::too_many_arguments)]
 fn forward(
     dims: Dims,
     batch: usize,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
+    q: &HeadView,
+    k: &HeadView,
+    v: &HeadView,
     mask: Option<&[bool]>,
     causal: bool,
     scale: f32,
@@ -195,68 +237,71 @@ fn forward(
         d,
         d_v,
     } = dims;
-    let pairs = batch * heads;
-    let mut out = vec![0.0f32; pairs * seq_q * d_v];
-    let mut probs = vec![0.0f32; pairs * seq_q * seq_k];
+    let mut out = vec![0.0f32; batch * seq_q * heads * d_v];
+    let mut probs = vec![0.0f32; batch * heads * seq_q * seq_k];
     let offset = seq_k as isize - seq_q as isize;
-    out.par_chunks_mut(seq_q * d_v)
-        .zip(probs.par_chunks_mut(seq_q * seq_k))
+    // One task per batch entry: its heads' outputs interleave in memory.
+    out.par_chunks_mut(seq_q * heads * d_v)
+        .zip(probs.par_chunks_mut(heads * seq_q * seq_k))
         .enumerate()
-        .for_each(|(pair, (out, p))| {
-            let q = &q[pair * seq_q * d..][..seq_q * d];
-            let k = &k[pair * seq_k * d..][..seq_k * d];
-            let v = &v[pair * seq_k * d_v..][..seq_k * d_v];
-            // S = Q Kᵀ
-            matmul(
-                (seq_q, seq_k, d),
-                p,
-                (seq_k, 1),
-                false,
-                q,
-                (d, 1),
-                k,
-                (1, d),
-                false,
-            );
+        .for_each(|(b, (out, probs))| {
             let mut keep = vec![true; seq_k];
-            for i in 0..seq_q {
-                let row = &mut p[i * seq_k..][..seq_k];
-                for (j, keep) in keep.iter_mut().enumerate() {
-                    let masked = mask.is_some_and(|m| m[(pair * seq_q + i) * seq_k + j])
-                        || (causal && j as isize > i as isize + offset);
-                    *keep = !masked;
-                }
-                let mut max = f32::NEG_INFINITY;
-                for (x, &keep) in row.iter_mut().zip(&keep) {
-                    *x *= scale;
-                    if keep && *x > max {
-                        max = *x;
+            for (h, p) in probs.chunks_mut(seq_q * seq_k).enumerate() {
+                let pair = b * heads + h;
+                let ((q, q_rs), (k, k_rs), (v, v_rs)) =
+                    (q.matrix(b, h), k.matrix(b, h), v.matrix(b, h));
+                // S = Q Kᵀ
+                matmul(
+                    (seq_q, seq_k, d),
+                    p,
+                    (seq_k, 1),
+                    false,
+                    q,
+                    (q_rs, 1),
+                    k,
+                    (1, k_rs),
+                    false,
+                );
+                for i in 0..seq_q {
+                    let row = &mut p[i * seq_k..][..seq_k];
+                    for (j, keep) in keep.iter_mut().enumerate() {
+                        let masked = mask.is_some_and(|m| m[(pair * seq_q + i) * seq_k + j])
+                            || (causal && j as isize > i as isize + offset);
+                        *keep = !masked;
+                    }
+                    let mut max = f32::NEG_INFINITY;
+                    for (x, &keep) in row.iter_mut().zip(&keep) {
+                        *x *= scale;
+                        if keep && *x > max {
+                            max = *x;
+                        }
+                    }
+                    if max == f32::NEG_INFINITY {
+                        // Every key masked: zero probabilities, zero output.
+                        row.fill(0.0);
+                        continue;
+                    }
+                    let mut sum = 0.0f32;
+                    exp_shifted(row, &keep, max, &mut sum);
+                    let inv = 1.0 / sum;
+                    for x in row.iter_mut() {
+                        *x *= inv;
                     }
                 }
-                if max == f32::NEG_INFINITY {
-                    // Every key masked: zero probabilities, zero output.
-                    row.fill(0.0);
-                    continue;
-                }
-                let mut sum = 0.0f32;
-                exp_shifted(row, &keep, max, &mut sum);
-                let inv = 1.0 / sum;
-                for x in row.iter_mut() {
-                    *x *= inv;
-                }
+                // O = P V, rows `heads * d_v` apart
+                let out = &mut out[h * d_v..];
+                matmul(
+                    (seq_q, d_v, seq_k),
+                    out,
+                    (heads * d_v, 1),
+                    false,
+                    p,
+                    (seq_k, 1),
+                    v,
+                    (v_rs, 1),
+                    false,
+                );
             }
-            // O = P V
-            matmul(
-                (seq_q, d_v, seq_k),
-                out,
-                (d_v, 1),
-                false,
-                p,
-                (seq_k, 1),
-                v,
-                (d_v, 1),
-                false,
-            );
         });
     (out, probs)
 }
@@ -269,7 +314,7 @@ impl Backward<Flex, 3> for AttentionBackward {
     type State = AttentionState;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let d_out = contiguous(grads.consume::<Flex>(&ops.node));
+        let d_out = HeadView::new(grads.consume::<Flex>(&ops.node));
         let state = ops.state;
         let Dims {
             heads,
@@ -278,92 +323,98 @@ impl Backward<Flex, 3> for AttentionBackward {
             d,
             d_v,
         } = state.dims;
-        let batch = dims4(&state.q)[0];
-        let pairs = batch * heads;
-        let (q, k, v, d_out) = (
-            slice(&state.q),
-            slice(&state.k),
-            slice(&state.v),
-            slice(&d_out),
-        );
+        let batch = state.q.dims[0];
         let scale = state.scale;
-        let mut dq = vec![0.0f32; pairs * seq_q * d];
-        let mut dk = vec![0.0f32; pairs * seq_k * d];
-        let mut dv = vec![0.0f32; pairs * seq_k * d_v];
-        dq.par_chunks_mut(seq_q * d)
-            .zip(dk.par_chunks_mut(seq_k * d))
-            .zip(dv.par_chunks_mut(seq_k * d_v))
+        // Gradients laid out `[batch, seq, heads, d]` (the layout of the projections the inputs
+        // were split from), returned as `[batch, heads, seq, d]` views.
+        let mut dq = vec![0.0f32; batch * seq_q * heads * d];
+        let mut dk = vec![0.0f32; batch * seq_k * heads * d];
+        let mut dv = vec![0.0f32; batch * seq_k * heads * d_v];
+        dq.par_chunks_mut(seq_q * heads * d)
+            .zip(dk.par_chunks_mut(seq_k * heads * d))
+            .zip(dv.par_chunks_mut(seq_k * heads * d_v))
             .enumerate()
-            .for_each(|(pair, ((dq, dk), dv))| {
-                let q = &q[pair * seq_q * d..][..seq_q * d];
-                let k = &k[pair * seq_k * d..][..seq_k * d];
-                let v = &v[pair * seq_k * d_v..][..seq_k * d_v];
-                let p = &state.probs[pair * seq_q * seq_k..][..seq_q * seq_k];
-                let d_o = &d_out[pair * seq_q * d_v..][..seq_q * d_v];
-                // dV = Pᵀ dO
-                matmul(
-                    (seq_k, d_v, seq_q),
-                    dv,
-                    (d_v, 1),
-                    false,
-                    p,
-                    (1, seq_k),
-                    d_o,
-                    (d_v, 1),
-                    false,
-                );
-                // dP = dO Vᵀ, then dS = s P ⊙ (dP − rowsum(P ⊙ dP)) in place.
+            .for_each(|(b, ((dq, dk), dv))| {
                 let mut ds = vec![0.0f32; seq_q * seq_k];
-                matmul(
-                    (seq_q, seq_k, d_v),
-                    &mut ds,
-                    (seq_k, 1),
-                    false,
-                    d_o,
-                    (d_v, 1),
-                    v,
-                    (1, d_v),
-                    false,
-                );
-                for (ds, p) in ds.chunks_mut(seq_k).zip(p.chunks(seq_k)) {
-                    let dot: f32 = ds.iter().zip(p).map(|(a, b)| a * b).sum();
-                    for (ds, &p) in ds.iter_mut().zip(p) {
-                        *ds = scale * p * (*ds - dot);
+                for h in 0..heads {
+                    let pair = b * heads + h;
+                    let ((q, q_rs), (k, k_rs), (v, v_rs)) = (
+                        state.q.matrix(b, h),
+                        state.k.matrix(b, h),
+                        state.v.matrix(b, h),
+                    );
+                    let (d_o, do_rs) = d_out.matrix(b, h);
+                    let p = &state.probs[pair * seq_q * seq_k..][..seq_q * seq_k];
+                    // dV = Pᵀ dO
+                    let dv = &mut dv[h * d_v..];
+                    matmul(
+                        (seq_k, d_v, seq_q),
+                        dv,
+                        (heads * d_v, 1),
+                        false,
+                        p,
+                        (1, seq_k),
+                        d_o,
+                        (do_rs, 1),
+                        false,
+                    );
+                    // dP = dO Vᵀ, then dS = s P ⊙ (dP − rowsum(P ⊙ dP)) in place.
+                    matmul(
+                        (seq_q, seq_k, d_v),
+                        &mut ds,
+                        (seq_k, 1),
+                        false,
+                        d_o,
+                        (do_rs, 1),
+                        v,
+                        (1, v_rs),
+                        false,
+                    );
+                    for (ds, p) in ds.chunks_mut(seq_k).zip(p.chunks(seq_k)) {
+                        let dot: f32 = ds.iter().zip(p).map(|(a, b)| a * b).sum();
+                        for (ds, &p) in ds.iter_mut().zip(p) {
+                            *ds = scale * p * (*ds - dot);
+                        }
                     }
+                    // dQ = dS K, dK = dSᵀ Q
+                    let dq = &mut dq[h * d..];
+                    matmul(
+                        (seq_q, d, seq_k),
+                        dq,
+                        (heads * d, 1),
+                        false,
+                        &ds,
+                        (seq_k, 1),
+                        k,
+                        (k_rs, 1),
+                        false,
+                    );
+                    let dk = &mut dk[h * d..];
+                    matmul(
+                        (seq_k, d, seq_q),
+                        dk,
+                        (heads * d, 1),
+                        false,
+                        &ds,
+                        (1, seq_k),
+                        q,
+                        (q_rs, 1),
+                        false,
+                    );
                 }
-                // dQ = dS K, dK = dSᵀ Q
-                matmul(
-                    (seq_q, d, seq_k),
-                    dq,
-                    (d, 1),
-                    false,
-                    &ds,
-                    (seq_k, 1),
-                    k,
-                    (d, 1),
-                    false,
-                );
-                matmul(
-                    (seq_k, d, seq_q),
-                    dk,
-                    (d, 1),
-                    false,
-                    &ds,
-                    (1, seq_k),
-                    q,
-                    (d, 1),
-                    false,
-                );
             });
         let [node_q, node_k, node_v] = ops.parents;
         if let Some(node) = node_q {
-            grads.register::<Flex>(node.id, flex_tensor(dq, [batch, heads, seq_q, d]));
+            let dq = flex_tensor(dq, [batch, seq_q, heads, d]).transpose(1, 2);
+            grads.register::<Flex>(node.id, dq);
         }
         if let Some(node) = node_k {
-            grads.register::<Flex>(node.id, flex_tensor(dk, [batch, heads, seq_k, d]));
+            let dk = flex_tensor(dk, [batch, seq_k, heads, d]).transpose(1, 2);
+            grads.register::<Flex>(node.id, dk);
         }
         if let Some(node) = node_v {
-            grads.register::<Flex>(node.id, flex_tensor(dv, [batch, heads, seq_k, d_v]));
+            let dv = flex_tensor(dv, [batch, seq_k, heads, d_v]).transpose(1, 2);
+            grads.register::<Flex>(node.id, dv);
         }
     }
 }
@@ -409,19 +460,54 @@ mod tests {
         )
     }
 
+    /// How the inputs are laid out: contiguous `[batch, heads, seq, d]`; as multi-head attention
+    /// makes them (`[batch, seq, heads, d]` with two dimensions swapped); or with the last two
+    /// dimensions transposed (a layout the kernel copies first).
+    #[derive(Clone, Copy, Debug)]
+    enum Layout {
+        Contiguous,
+        HeadsSplit,
+        Transposed,
+    }
+
+    /// A `[batch, heads, seq, d]` input in `layout`, and the tensor its gradient is taken of.
+    fn laid_out(
+        layout: Layout,
+        shape: [usize; 4],
+        salt: usize,
+        device: &Device,
+    ) -> (Tensor<4>, Tensor<4>) {
+        let [b, h, t, d] = shape;
+        match layout {
+            Layout::Contiguous => {
+                let x = input(shape, salt, device).require_grad();
+                (x.clone(), x)
+            }
+            Layout::HeadsSplit => {
+                let x = input([b, t, h, d], salt, device).require_grad();
+                (x.clone().swap_dims(1, 2), x)
+            }
+            Layout::Transposed => {
+                let x = input([b, h, d, t], salt, device).require_grad();
+                (x.clone().swap_dims(2, 3), x)
+            }
+        }
+    }
+
     /// Output and the three gradients through the fused op or burn's composed attention.
     fn run(
         device: &Device,
         shape: (usize, usize, usize, usize),
         lengths: Option<&[usize]>,
         causal: bool,
+        layout: Layout,
         fused: bool,
     ) -> Vec<Vec<f32>> {
         let (batch, seq_q, seq_k, heads) = shape;
         let (d, d_v) = (4, 3);
-        let q = input([batch, heads, seq_q, d], 1, device).require_grad();
-        let k = input([batch, heads, seq_k, d], 2, device).require_grad();
-        let v = input([batch, heads, seq_k, d_v], 3, device).require_grad();
+        let (q, q_base) = laid_out(layout, [batch, heads, seq_q, d], 1, device);
+        let (k, k_base) = laid_out(layout, [batch, heads, seq_k, d], 2, device);
+        let (v, v_base) = laid_out(layout, [batch, heads, seq_k, d_v], 3, device);
         let m = lengths.map(|l| mask(l, heads, seq_q, seq_k, device));
         let scale = (d as f64).sqrt().recip();
         let out = if fused {
@@ -433,21 +519,25 @@ mod tests {
                 softcap: None,
                 is_causal: causal,
             };
-            burn_attention(q.clone(), k.clone(), v.clone(), m, None, options)
+            burn_attention(q, k, v, m, None, options)
         };
-        let weights = input(out.dims(), 4, device);
-        let grads = (out.clone() * weights).sum().backward();
+        // As multi-head attention continues: heads merged back, a weighted sum.
+        let [b, h, t, dv] = out.dims();
+        let merged = out.clone().swap_dims(1, 2).reshape([b, t, h * dv]);
+        let weights = input([b, t, h * dv, 1], 4, device).reshape([b, t, h * dv]);
+        let grads = (merged * weights).sum().backward();
         vec![
             values(out),
-            values(q.grad(&grads).unwrap()),
-            values(k.grad(&grads).unwrap()),
-            values(v.grad(&grads).unwrap()),
+            values(q_base.grad(&grads).unwrap()),
+            values(k_base.grad(&grads).unwrap()),
+            values(v_base.grad(&grads).unwrap()),
         ]
     }
 
     /// The fused op equals burn's composed attention, values and gradients: causal and not,
     /// padding masks including a fully masked batch entry, fewer queries than keys (the causal
-    /// boundary aligned at the end), with and without gradient checkpointing.
+    /// boundary aligned at the end), three input layouts, with and without gradient
+    /// checkpointing.
     #[test]
     fn fused_equals_composed_attention() {
         let Some(flex) = test_devices().iter().find(|d| d.backend == Backend::Flex) else {
@@ -463,22 +553,25 @@ mod tests {
                 ((2, 3, 7, 2), Some(&[7usize, 5][..])),
             ] {
                 for causal in [false, true] {
-                    let fused = run(&device, shape, lengths, causal, true);
-                    let composed = run(&device, shape, lengths, causal, false);
-                    for (name, (a, b)) in ["out", "dq", "dk", "dv"]
-                        .iter()
-                        .zip(fused.iter().zip(&composed))
-                    {
-                        assert!(a.iter().all(|x| x.is_finite()), "{name} not finite");
-                        let worst = a
+                    for layout in [Layout::Contiguous, Layout::HeadsSplit, Layout::Transposed] {
+                        let fused = run(&device, shape, lengths, causal, layout, true);
+                        let composed = run(&device, shape, lengths, causal, layout, false);
+                        for (name, (a, b)) in ["out", "dq", "dk", "dv"]
                             .iter()
-                            .zip(b)
-                            .map(|(a, b)| (a - b).abs())
-                            .fold(0.0f32, f32::max);
-                        assert!(
-                            worst <= 1e-5,
-                            "{name} (shape {shape:?}, lengths {lengths:?}, causal {causal}): differs by {worst}"
-                        );
+                            .zip(fused.iter().zip(&composed))
+                        {
+                            assert!(a.iter().all(|x| x.is_finite()), "{name} not finite");
+                            let worst = a
+                                .iter()
+                                .zip(b)
+                                .map(|(a, b)| (a - b).abs())
+                                .fold(0.0f32, f32::max);
+                            assert!(
+                                worst <= 1e-5,
+                                "{name} (shape {shape:?}, lengths {lengths:?}, causal {causal}, \
+                                 {layout:?}): differs by {worst}"
+                            );
+                        }
                     }
                 }
             }
