@@ -34,6 +34,9 @@ pub(crate) fn layer_norm<const D: usize>(
     if x.dtype() != DType::F32 || gamma.dtype() != DType::F32 || beta.dtype() != DType::F32 {
         return None;
     }
+    if x.dims().contains(&0) {
+        return None;
+    }
     let eps = epsilon as f32;
     if let Some(y) = on_autodiff::<D, NoCheckpointing>(x, gamma, beta, eps) {
         return Some(y);
