@@ -15,7 +15,7 @@ use burn_flex::{Flex, FlexTensor};
 use burn_tensor::DispatchTensor;
 use rayon::prelude::*;
 
-use super::math::{erf, exp, sigmoid, simd_dispatch};
+use super::math::{exp, normal_cdf, sigmoid, simd_dispatch};
 use super::{contiguous, flex_tensor, slice};
 
 /// Elements per rayon task.
@@ -31,7 +31,7 @@ trait Activation: Copy + Send + Sync + core::fmt::Debug + 'static {
 
 /// `Φ(x) = y / x` for both GELUs (`y = x Φ(x)`, with `Φ` the normal CDF or its logistic
 /// approximation), and `Φ(0) = 1/2` where the division would lose it. Recovering `Φ` from the
-/// kept output saves re-evaluating `erf` or the sigmoid in the backward pass.
+/// kept output saves re-evaluating the CDF or the sigmoid in the backward pass.
 #[inline(always)]
 fn cdf_from_output(x: f32, y: f32) -> f32 {
     if x.abs() > 1e-30 { y / x } else { 0.5 }
@@ -41,7 +41,6 @@ fn cdf_from_output(x: f32, y: f32) -> f32 {
 const K1: f32 = 1.595_769_2;
 const K3: f32 = K1 * 0.044_715;
 /// `1/√2` and `1/√(2π)`.
-const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
 simd_dispatch! {
@@ -64,7 +63,7 @@ simd_dispatch! {
 simd_dispatch! {
     fn gelu_exact_forward(x: &[f32], y: &mut [f32]) {
         for (y, &x) in y.iter_mut().zip(x) {
-            *y = 0.5 * x * (1.0 + erf(x * FRAC_1_SQRT_2));
+            *y = x * normal_cdf(x);
         }
     }
 }
