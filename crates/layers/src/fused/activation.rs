@@ -113,6 +113,11 @@ pub(crate) fn gelu_exact<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
 
 fn map(x: &[f32], f: fn(&[f32], &mut [f32])) -> Vec<f32> {
     let mut y = vec![0.0f32; x.len()];
+    if x.len() <= CHUNK {
+        // One chunk: run here rather than hand it to the thread pool (decoding steps).
+        f(x, &mut y);
+        return y;
+    }
     y.par_chunks_mut(CHUNK)
         .zip(x.par_chunks(CHUNK))
         .for_each(|(y, x)| f(x, y));
@@ -171,10 +176,14 @@ impl<A: Activation> Backward<Flex, 1> for UnaryBackward<A> {
         let (x, y) = ops.state;
         let (xs, ys, dys) = (slice(&x), slice(&y), slice(&dy));
         let mut dx = vec![0.0f32; xs.len()];
-        dx.par_chunks_mut(CHUNK)
-            .zip(xs.par_chunks(CHUNK).zip(ys.par_chunks(CHUNK)))
-            .zip(dys.par_chunks(CHUNK))
-            .for_each(|((dx, (x, y)), dy)| A::backward(x, y, dy, dx));
+        if xs.len() <= CHUNK {
+            A::backward(xs, ys, dys, &mut dx);
+        } else {
+            dx.par_chunks_mut(CHUNK)
+                .zip(xs.par_chunks(CHUNK).zip(ys.par_chunks(CHUNK)))
+                .zip(dys.par_chunks(CHUNK))
+                .for_each(|((dx, (x, y)), dy)| A::backward(x, y, dy, dx));
+        }
         grads.register::<Flex>(parent.id, flex_tensor(dx, x.layout().shape().clone()));
     }
 }

@@ -137,14 +137,20 @@ fn forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> (Vec<f32>, Vec<f
     let rows = x.len() / d;
     let mut y = vec![0.0f32; x.len()];
     let mut stats = vec![0.0f32; 2 * rows];
-    y.par_chunks_mut(ROWS * d)
-        .zip(stats.par_chunks_mut(ROWS * 2))
-        .zip(x.par_chunks(ROWS * d))
-        .for_each(|((y, stats), x)| {
-            for ((y, stats), x) in y.chunks_mut(d).zip(stats.chunks_mut(2)).zip(x.chunks(d)) {
-                row_forward(x, gamma, beta, eps, y, stats);
-            }
-        });
+    let block = |(y, stats, x): (&mut [f32], &mut [f32], &[f32])| {
+        for ((y, stats), x) in y.chunks_mut(d).zip(stats.chunks_mut(2)).zip(x.chunks(d)) {
+            row_forward(x, gamma, beta, eps, y, stats);
+        }
+    };
+    if rows <= ROWS {
+        // One block: run here rather than hand it to the thread pool (decoding steps).
+        block((&mut y, &mut stats, x));
+    } else {
+        y.par_chunks_mut(ROWS * d)
+            .zip(stats.par_chunks_mut(ROWS * 2))
+            .zip(x.par_chunks(ROWS * d))
+            .for_each(|((y, stats), x)| block((y, stats, x)));
+    }
     (y, stats)
 }
 
