@@ -255,9 +255,15 @@ mod tests {
         ];
         for (name, (fused, composed)) in PAIRS {
             for device in &devices {
-                for (transpose, scale) in [(false, 1.0), (true, 1.0), (false, 8.0)] {
+                // Several rayon chunks, transposed, wide range, and one chunk (run inline).
+                for (transpose, scale, shape) in [
+                    (false, 1.0, [3, 70, 100]),
+                    (true, 1.0, [3, 70, 100]),
+                    (false, 8.0, [3, 70, 100]),
+                    (false, 1.0, [2, 3, 50]),
+                ] {
                     let run = |fused_path: bool| {
-                        let x = input([3, 70, 100], scale, device).require_grad();
+                        let x = input(shape, scale, device).require_grad();
                         let xin = if transpose {
                             x.clone().swap_dims(1, 2)
                         } else {
