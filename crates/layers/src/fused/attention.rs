@@ -51,64 +51,13 @@ pub(crate) fn attention(
     if !f32s {
         return None;
     }
-    let read_mask = || match mask {
-        Some(mask) => mask.clone().into_data().try_to_vec::<bool>().ok().map(Some),
-        None => Some(None),
-    };
     if !q.device().is_autodiff() {
         // Inference: flex's own attention kernel is faster than this one's forward pass
         // (measured on MiniLM), and there is no backward pass to save.
         return None;
     }
-    // Check the backend before reading the mask back.
-    let on_flex = q
-        .clone()
-        .try_into_primitive::<Autodiff<Flex, NoCheckpointing>>()
-        .is_ok()
-        || q.clone()
-            .try_into_primitive::<Autodiff<Flex, BalancedCheckpointing>>()
-            .is_ok();
-    if !on_flex {
-        return None;
-    }
-    let mask = read_mask()?;
-    on_autodiff::<NoCheckpointing>(q, k, v, mask.clone(), causal, scale)
+    on_autodiff::<NoCheckpointing>(q, k, v, mask, causal, scale)
         .or_else(|| on_autodiff::<BalancedCheckpointing>(q, k, v, mask, causal, scale))
-}
-
-/// The sizes of `q`, `k`, `v` (checked against each other), or `None` when one is empty.
-fn check_dims(q: &HeadView, k: &HeadView, v: &HeadView) -> Option<(Dims, usize)> {
-    let [batch, heads, seq_q, d] = q.dims;
-    let [_, _, seq_k, d_v] = v.dims;
-    assert_eq!(k.dims, [batch, heads, seq_k, d], "attention: key shape");
-    assert_eq!(v.dims[..2], [batch, heads], "attention: value shape");
-    if batch * heads * seq_q * seq_k == 0 {
-        return None;
-    }
-    let dims = Dims {
-        heads,
-        seq_q,
-        seq_k,
-        d,
-        d_v,
-    };
-    Some((dims, batch))
-}
-
-fn check_mask(mask: Option<&[bool]>, dims: Dims, batch: usize) {
-    if let Some(mask) = mask {
-        assert_eq!(
-            mask.len(),
-            batch * dims.heads * dims.seq_q * dims.seq_k,
-            "attention: mask shape"
-        );
-    }
-}
-
-/// The context written as `[batch, seq_q, heads, d_v]`, returned as its `[batch, heads, seq_q,
-/// d_v]` view: multi-head attention swaps the two back and merges the heads without a copy.
-fn output(out: Vec<f32>, dims: Dims, batch: usize) -> FlexTensor {
-    flex_tensor(out, [batch, dims.seq_q, dims.heads, dims.d_v]).transpose(1, 2)
 }
 
 /// Sizes of one attention call.
@@ -137,7 +86,7 @@ fn on_autodiff<C: CheckpointStrategy>(
     q: &Tensor<4>,
     k: &Tensor<4>,
     v: &Tensor<4>,
-    mask: Option<Vec<bool>>,
+    mask: Option<&Tensor<4, Bool>>,
     causal: bool,
     scale: f32,
 ) -> Option<Tensor<4>>
@@ -153,10 +102,37 @@ where
         HeadView::new(k.into_primitive()),
         HeadView::new(v.into_primitive()),
     );
-    let (dims, batch) = check_dims(&q, &k, &v)?;
-    check_mask(mask.as_deref(), dims, batch);
+    let [batch, heads, seq_q, d] = q.dims;
+    let [_, _, seq_k, d_v] = v.dims;
+    assert_eq!(k.dims, [batch, heads, seq_k, d], "attention: key shape");
+    assert_eq!(v.dims[..2], [batch, heads], "attention: value shape");
+    if batch * heads * seq_q * seq_k == 0 {
+        return None;
+    }
+    let dims = Dims {
+        heads,
+        seq_q,
+        seq_k,
+        d,
+        d_v,
+    };
+    // The mask is read back only once the tensors are known to be flex tensors.
+    let mask = match mask {
+        Some(mask) => {
+            let mask = mask.clone().into_data().try_to_vec::<bool>().ok()?;
+            assert_eq!(
+                mask.len(),
+                batch * heads * seq_q * seq_k,
+                "attention: mask shape"
+            );
+            Some(mask)
+        }
+        None => None,
+    };
     let (out, probs) = forward(dims, batch, &q, &k, &v, mask.as_deref(), causal, scale);
-    let out = output(out, dims, batch);
+    // Written as `[batch, seq_q, heads, d_v]` and returned as its `[batch, heads, seq_q, d_v]`
+    // view: multi-head attention swaps the two back and merges the heads without a copy.
+    let out = flex_tensor(out, [batch, seq_q, heads, d_v]).transpose(1, 2);
     let out = match AttentionBackward
         .prepare::<C>(guards)
         .compute_bound()
