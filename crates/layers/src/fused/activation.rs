@@ -194,6 +194,7 @@ mod tests {
     use lmforge_device::Backend;
     use lmforge_device::testing::test_devices;
 
+    use crate::fused::test_support::{flex_device, max_abs_diff, values};
     use crate::transformer::feed_forward::{gelu_exact_composed, gelu_tanh_composed};
 
     type Pair = (
@@ -212,18 +213,6 @@ mod tests {
             .map(|i| (((i * 7919) % 2001) as f32 / 250.0 - 4.0) * scale)
             .collect();
         Tensor::from_data(TensorData::new(values, shape), device)
-    }
-
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().try_to_vec::<f32>().unwrap()
-    }
-
-    fn worst(a: &[f32], b: &[f32]) -> f32 {
-        assert_eq!(a.len(), b.len());
-        a.iter()
-            .zip(b)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0, f32::max)
     }
 
     #[test]
@@ -246,12 +235,12 @@ mod tests {
     /// a non-contiguous input, with and without gradient checkpointing, and without autodiff).
     #[test]
     fn fused_equals_composed() {
-        let Some(flex) = test_devices().iter().find(|d| d.backend == Backend::Flex) else {
+        let Some(flex) = flex_device() else {
             return;
         };
         let devices = [
-            flex.device.clone().autodiff(),
-            flex.device.clone().autodiff().gradient_checkpointing(),
+            flex.clone().autodiff(),
+            flex.clone().autodiff().gradient_checkpointing(),
         ];
         for (name, (fused, composed)) in PAIRS {
             for device in &devices {
@@ -280,7 +269,7 @@ mod tests {
                     };
                     let (y, dx) = run(true);
                     let (y_ref, dx_ref) = run(false);
-                    let (ey, edx) = (worst(&y, &y_ref), worst(&dx, &dx_ref));
+                    let (ey, edx) = (max_abs_diff(&y, &y_ref), max_abs_diff(&dx, &dx_ref));
                     assert!(
                         ey <= 2e-6,
                         "{name} (transposed {transpose}, scale {scale}): values differ by {ey}"
@@ -291,10 +280,10 @@ mod tests {
                     );
                 }
             }
-            let x = input([3, 70, 100], 1.0, &flex.device);
+            let x = input([3, 70, 100], 1.0, &flex);
             let (y, y_ref) = (fused(&x).unwrap(), composed(x));
             assert!(
-                worst(&values(y), &values(y_ref)) <= 2e-6,
+                max_abs_diff(&values(y), &values(y_ref)) <= 2e-6,
                 "{name} without autodiff"
             );
         }

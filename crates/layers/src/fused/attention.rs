@@ -426,16 +426,14 @@ mod tests {
     use lmforge_device::Backend;
     use lmforge_device::testing::test_devices;
 
+    use crate::fused::test_support::{flex_device, max_abs_diff, values};
+
     fn input(shape: [usize; 4], salt: usize, device: &Device) -> Tensor<4> {
         let n = shape.iter().product();
         let values: Vec<f32> = (0..n)
             .map(|i| (((i * 7919 + salt * 104_729) % 2001) as f32 / 1000.0 - 1.0) * 1.5)
             .collect();
         Tensor::from_data(TensorData::new(values, shape), device)
-    }
-
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().try_to_vec::<f32>().unwrap()
     }
 
     /// Padding-style mask: key `j` of batch `b` hidden when `j >= lengths[b]` (length 0 hides
@@ -539,12 +537,12 @@ mod tests {
     /// checkpointing.
     #[test]
     fn fused_equals_composed_attention() {
-        let Some(flex) = test_devices().iter().find(|d| d.backend == Backend::Flex) else {
+        let Some(flex) = flex_device() else {
             return;
         };
         for device in [
-            flex.device.clone().autodiff(),
-            flex.device.clone().autodiff().gradient_checkpointing(),
+            flex.clone().autodiff(),
+            flex.clone().autodiff().gradient_checkpointing(),
         ] {
             for (shape, lengths) in [
                 ((2, 5, 5, 3), None),
@@ -560,11 +558,7 @@ mod tests {
                             .zip(fused.iter().zip(&composed))
                         {
                             assert!(a.iter().all(|x| x.is_finite()), "{name} not finite");
-                            let worst = a
-                                .iter()
-                                .zip(b)
-                                .map(|(a, b)| (a - b).abs())
-                                .fold(0.0f32, f32::max);
+                            let worst = max_abs_diff(a, b);
                             assert!(
                                 worst <= 1e-5,
                                 "{name} (shape {shape:?}, lengths {lengths:?}, causal {causal}, \

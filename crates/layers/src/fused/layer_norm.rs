@@ -219,16 +219,14 @@ mod tests {
     use lmforge_device::Backend;
     use lmforge_device::testing::test_devices;
 
+    use crate::fused::test_support::{flex_device, max_abs_diff, values};
+
     fn input<const D: usize>(shape: [usize; D], salt: usize, device: &Device) -> Tensor<D> {
         let n = shape.iter().product();
         let values: Vec<f32> = (0..n)
             .map(|i| ((i * 7919 + salt * 104_729) % 2001) as f32 / 400.0 - 2.0)
             .collect();
         Tensor::from_data(TensorData::new(values, shape), device)
-    }
-
-    fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
-        t.into_data().try_to_vec::<f32>().unwrap()
     }
 
     fn run(device: &Device, shape: [usize; 3], transpose: bool, fused: bool) -> Vec<Vec<f32>> {
@@ -260,12 +258,12 @@ mod tests {
     /// non-contiguous input, with and without checkpointing, and without autodiff).
     #[test]
     fn fused_equals_composed_layer_norm() {
-        let Some(flex) = test_devices().iter().find(|d| d.backend == Backend::Flex) else {
+        let Some(flex) = flex_device() else {
             return;
         };
         for device in [
-            flex.device.clone().autodiff(),
-            flex.device.clone().autodiff().gradient_checkpointing(),
+            flex.clone().autodiff(),
+            flex.clone().autodiff().gradient_checkpointing(),
         ] {
             for (shape, transpose) in [([3, 70, 48], false), ([2, 33, 9], true), ([1, 1, 5], false)]
             {
@@ -275,11 +273,7 @@ mod tests {
                     .iter()
                     .zip(fused.iter().zip(&composed))
                 {
-                    let worst = a
-                        .iter()
-                        .zip(b)
-                        .map(|(a, b)| (a - b).abs())
-                        .fold(0.0f32, f32::max);
+                    let worst = max_abs_diff(a, b);
                     let scale = b.iter().fold(1.0f32, |m, v| m.max(v.abs()));
                     assert!(
                         worst <= 2e-6 * scale,
@@ -288,15 +282,11 @@ mod tests {
                 }
             }
         }
-        let x = input([4, 6, 10], 1, &flex.device);
-        let (gamma, beta) = (input([10], 2, &flex.device), input([10], 3, &flex.device));
+        let x = input([4, 6, 10], 1, &flex);
+        let (gamma, beta) = (input([10], 2, &flex), input([10], 3, &flex));
         let fused = super::layer_norm(&x, &gamma, &beta, 1e-5).unwrap();
         let composed = burn::tensor::module::layer_norm(x, gamma, Some(beta), 1e-5);
-        let worst = values(fused)
-            .iter()
-            .zip(values(composed))
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let worst = max_abs_diff(&values(fused), &values(composed));
         assert!(worst <= 1e-5, "without autodiff: {worst}");
     }
 

@@ -13,6 +13,8 @@ pub(crate) mod activation;
 pub(crate) mod attention;
 pub(crate) mod layer_norm;
 pub(crate) mod math;
+#[cfg(test)]
+pub(crate) mod test_support;
 
 use burn::tensor::{Shape, TensorData};
 use burn_flex::FlexTensor;

@@ -385,10 +385,11 @@ mod tests {
     use lmforge_device::testing::test_devices;
 
     use super::lstm_sequence;
+    use crate::fused::test_support::{flex_device, max_abs_diff, values};
     use crate::rnn::recurrent::{Cell, DirState, RecurrentWeights};
 
     /// Deterministic values in about [-1, 1] (no RNG: the same numbers on every backend).
-    fn values(n: usize, salt: usize) -> Vec<f32> {
+    fn pattern(n: usize, salt: usize) -> Vec<f32> {
         (0..n)
             .map(|i| (((i * 37 + salt * 101) % 41) as f32 - 20.0) / 20.0)
             .collect()
@@ -396,7 +397,7 @@ mod tests {
 
     fn tensor<const D: usize>(shape: [usize; D], salt: usize, device: &Device) -> Tensor<D> {
         let n = shape.iter().product();
-        Tensor::from_data(TensorData::new(values(n, salt), shape), device)
+        Tensor::from_data(TensorData::new(pattern(n, salt), shape), device)
     }
 
     fn weights(d_input: usize, d_hidden: usize, device: &Device) -> RecurrentWeights {
@@ -408,13 +409,6 @@ mod tests {
             bias_ih: Some(Param::from_tensor(tensor([gh], 3, device) * 0.1)),
             bias_hh: Some(Param::from_tensor(tensor([gh], 4, device) * 0.1)),
         }
-    }
-
-    fn flex_device() -> Option<Device> {
-        test_devices()
-            .iter()
-            .find(|d| d.backend == Backend::Flex)
-            .map(|d| d.device.clone())
     }
 
     /// Forward values and every gradient of one direction, through `run` (fused on flex) or
@@ -447,20 +441,17 @@ mod tests {
             + (last.h.clone() * tensor([batch_size, d_hidden], 9, device)).sum()
             + (c.clone() * tensor([batch_size, d_hidden], 10, device)).sum();
         let grads = loss.backward();
-        let data = |t: Tensor<3>| t.into_data().try_to_vec::<f32>().unwrap();
-        let data2 = |t: Tensor<2>| t.into_data().try_to_vec::<f32>().unwrap();
-        let data1 = |t: Tensor<1>| t.into_data().try_to_vec::<f32>().unwrap();
         vec![
-            data(y),
-            data2(last.h),
-            data2(c),
-            data(x.grad(&grads).unwrap()),
-            data2(h0.grad(&grads).unwrap()),
-            data2(c0.grad(&grads).unwrap()),
-            data2(w.weight_ih.grad(&grads).unwrap()),
-            data2(w.weight_hh.grad(&grads).unwrap()),
-            data1(w.bias_ih.as_ref().unwrap().grad(&grads).unwrap()),
-            data1(w.bias_hh.as_ref().unwrap().grad(&grads).unwrap()),
+            values(y),
+            values(last.h),
+            values(c),
+            values(x.grad(&grads).unwrap()),
+            values(h0.grad(&grads).unwrap()),
+            values(c0.grad(&grads).unwrap()),
+            values(w.weight_ih.grad(&grads).unwrap()),
+            values(w.weight_hh.grad(&grads).unwrap()),
+            values(w.bias_ih.as_ref().unwrap().grad(&grads).unwrap()),
+            values(w.bias_hh.as_ref().unwrap().grad(&grads).unwrap()),
         ]
     }
 
@@ -513,12 +504,7 @@ mod tests {
                     let fused = outputs(&device, shape, reverse, true);
                     let composed = outputs(&device, shape, reverse, false);
                     for ((name, a), b) in names.iter().zip(&fused).zip(&composed) {
-                        assert_eq!(a.len(), b.len(), "{name}");
-                        let worst = a
-                            .iter()
-                            .zip(b)
-                            .map(|(a, b)| (a - b).abs())
-                            .fold(0.0f32, f32::max);
+                        let worst = max_abs_diff(a, b);
                         assert!(
                             worst <= 2e-6,
                             "{name} (shape {shape:?}, reverse {reverse}): fused and composed \
