@@ -58,7 +58,10 @@ pub(crate) fn lstm_sequence(
     c0: &Tensor<2>,
     reverse: bool,
 ) -> Option<Tensor<3>> {
-    if xp.dtype() != DType::F32 {
+    if [xp.dtype(), w_hh.dtype(), h0.dtype(), c0.dtype()]
+        .iter()
+        .any(|&d| d != DType::F32)
+    {
         return None;
     }
     if let Some(out) = on_autodiff::<NoCheckpointing>(xp, w_hh, h0, c0, reverse) {
@@ -68,10 +71,10 @@ pub(crate) fn lstm_sequence(
         return Some(out);
     }
     let [xp_p, w_p, h0_p, c0_p] = [
-        xp.clone().try_into_primitive::<Flex>().ok()?,
-        w_hh.clone().try_into_primitive::<Flex>().ok()?,
-        h0.clone().try_into_primitive::<Flex>().ok()?,
-        c0.clone().try_into_primitive::<Flex>().ok()?,
+        contiguous(xp.clone().try_into_primitive::<Flex>().ok()?),
+        contiguous(w_hh.clone().try_into_primitive::<Flex>().ok()?),
+        contiguous(h0.clone().try_into_primitive::<Flex>().ok()?),
+        contiguous(c0.clone().try_into_primitive::<Flex>().ok()?),
     ];
     let (out, _) = forward(&xp_p, &w_p, &h0_p, &c0_p, reverse);
     Some(Tensor::from_primitive::<Flex>(out))
@@ -97,10 +100,10 @@ where
     let c0 = c0.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
     let guards = [xp.node(), w.node(), h0.node(), c0.node()];
     let (xp, w, h0, c0) = (
-        xp.into_primitive(),
-        w.into_primitive(),
-        h0.into_primitive(),
-        c0.into_primitive(),
+        contiguous(xp.into_primitive()),
+        contiguous(w.into_primitive()),
+        contiguous(h0.into_primitive()),
+        contiguous(c0.into_primitive()),
     );
     let (out, saved) = forward(&xp, &w, &h0, &c0, reverse);
     let out = match LstmBackward.prepare::<C>(guards).compute_bound().stateful() {
@@ -108,9 +111,9 @@ where
             let state = LstmState {
                 saved,
                 out: out.clone(),
-                w: contiguous(w),
-                h0: contiguous(h0),
-                c0: contiguous(c0),
+                w,
+                h0,
+                c0,
                 reverse,
             };
             prep.finish(state, out)
@@ -168,7 +171,8 @@ struct LstmState {
     reverse: bool,
 }
 
-/// The forward pass. Returns the packed output and what the backward pass needs.
+/// The forward pass on contiguous tensors. Returns the packed output and what the backward
+/// pass needs.
 fn forward(
     xp: &FlexTensor,
     w: &FlexTensor,
@@ -176,10 +180,6 @@ fn forward(
     c0: &FlexTensor,
     reverse: bool,
 ) -> (FlexTensor, Saved) {
-    let xp = contiguous(xp.clone());
-    let w = contiguous(w.clone());
-    let h0 = contiguous(h0.clone());
-    let c0 = contiguous(c0.clone());
     let shape = xp.layout().shape();
     let dims = Dims {
         batch: shape[0],
@@ -188,7 +188,7 @@ fn forward(
     };
     let Dims { batch, seq, hidden } = dims;
     let g4 = dims.gates();
-    let (xp, w, h0, c0) = (slice(&xp), slice(&w), slice(&h0), slice(&c0));
+    let (xp, w, h0, c0) = (slice(xp), slice(w), slice(h0), slice(c0));
 
     // W_hh^T, `[hidden, 4 * hidden]`, packed once for every step of every thread.
     let w_t = Packed::new(hidden, g4, |row, col| w[col * hidden + row]);
