@@ -242,3 +242,40 @@ fn gelu_tanh_equals_the_tanh_formula_and_its_derivative() {
         );
     }
 }
+
+/// lmforge's LayerNorm against the formula computed in f64 per row (`ε = 1e-5`, scale one,
+/// shift zero), in `f32` and in half precision (normalised in `f32`, as burn-nn's LayerNorm).
+#[test]
+fn layer_norm_is_the_formula_in_f32_and_f16() {
+    use burn::tensor::DType;
+    let norm = LayerNorm::new(6, 1e-5, reference_device());
+    assert_eq!(norm.epsilon(), 1e-5);
+    let x = input(2, 3, 6, 1);
+    let rows = x.clone().into_data().try_to_vec::<f32>().expect("f32");
+    let want: Vec<f64> = rows
+        .chunks(6)
+        .flat_map(|row| {
+            let row: Vec<f64> = row.iter().map(|&v| f64::from(v)).collect();
+            let mean = row.iter().sum::<f64>() / 6.0;
+            let var = row.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / 6.0;
+            row.into_iter()
+                .map(move |v| (v - mean) / (var + 1e-5).sqrt())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for (dtype, tolerance) in [(DType::F32, 1e-5), (DType::F16, 1e-2)] {
+        let y = norm.forward(x.clone().cast(dtype));
+        assert_eq!(y.dtype(), dtype);
+        let got = y
+            .cast(DType::F32)
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("f32");
+        for (g, w) in got.iter().zip(&want) {
+            assert!(
+                (f64::from(*g) - w).abs() < tolerance,
+                "{dtype:?}: {g} vs {w}"
+            );
+        }
+    }
+}
