@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CASES = ["gpt-train", "lstm-train", "bert-mlm-train", "gpt-generate", "minilm-forward", "matmul"]
+CASES = ["gpt-train", "lstm-train", "bert-mlm-train", "gpt-generate", "llama-generate",
+         "minilm-forward", "matmul"]
 
 
 def run(command, threads):
@@ -49,7 +50,9 @@ def compare(args, case, seq=None, width=None):
     for round_ in range(args.rounds):
         order = ["lmforge", "pytorch"] if round_ % 2 == 0 else ["pytorch", "lmforge"]
         for side in order:
-            results[side].append(run(sides[side], args.threads))
+            lines = run(sides[side], args.threads)
+            results[side].append(lines)
+            args.raw.extend(dict(m, kind="run", round=round_, side=side) for m in lines)
     rows = []
     for i, first in enumerate(results["lmforge"][0]):
         ours = [r[i] for r in results["lmforge"]]
@@ -91,8 +94,11 @@ def main():
     parser.add_argument("--sweep", action="store_true",
                         help="gpt-train and lstm-train at sequence 64/128/256 and width "
                              "128/256/512 instead of the standard cases")
-    parser.add_argument("--json", type=Path, help="also write the rows to this file")
+    parser.add_argument("--json", type=Path,
+                        help="also write the raw measurement of every run (kind \"run\") and "
+                             "the table's rows (kind \"row\") to this file, as JSON lines")
     args = parser.parse_args()
+    args.raw = []
     if not args.bench.exists():
         raise SystemExit(f"{args.bench} not found: cargo build --release -p lmforge-bench")
 
@@ -117,7 +123,9 @@ def main():
         print(f"\nCPU peak estimate at {args.threads} threads: {peak:.0f} GFLOP/s "
               "(nominal clock x 32 FLOP/cycle, AVX2 + FMA)")
     if args.json:
-        args.json.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+        lines = args.raw + [dict(r, kind="row") for r in rows]
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ import time
 import torch
 from transformers import BertConfig, BertForMaskedLM, BertModel, GPT2Config, GPT2LMHeadModel
 
-CASES = ["gpt-train", "lstm-train", "bert-mlm-train", "gpt-generate", "minilm-forward", "matmul"]
+CASES = ["gpt-train", "lstm-train", "bert-mlm-train", "gpt-generate", "llama-generate",
+         "minilm-forward", "matmul"]
 
 
 def reset_peak_rss():
@@ -182,6 +183,31 @@ def gpt_generate(args):
     return measurement(args, "gpt-generate", timed(args, run), new, config)
 
 
+def llama_generate(args):
+    """HuggingFace LlamaForCausalLM (sdpa attention, f32) generate() with the same sizes as
+    lmforge's case (random weights, a random prompt of the same length)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    s = {"vocab": 32000, "width": 768, "layers": 8, "heads": 12, "kv_heads": 4, "ffn": 2048}
+    prompt_length, new = 16, 128
+    config = LlamaConfig(vocab_size=s["vocab"], hidden_size=s["width"],
+                         num_hidden_layers=s["layers"], num_attention_heads=s["heads"],
+                         num_key_value_heads=s["kv_heads"], intermediate_size=s["ffn"],
+                         max_position_embeddings=2048, tie_word_embeddings=False)
+    model = LlamaForCausalLM(config).eval()
+    prompt = torch.tensor(token_rows(1, prompt_length, s["vocab"], 5))
+    kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, num_beams=1,
+                  use_cache=True, pad_token_id=0, attention_mask=torch.ones_like(prompt))
+
+    def run():
+        with torch.inference_mode():
+            out = model.generate(prompt, **kwargs)
+        assert out.shape[1] == prompt_length + new
+
+    config = dict(s, batch=1, prompt=prompt_length, new_tokens=new, dtype="f32")
+    return measurement(args, "llama-generate", timed(args, run), new, config)
+
+
 def minilm_forward(args):
     width = args.width or 384
     s = {"vocab": 30522, "width": width, "layers": 6, "heads": 12,
@@ -230,6 +256,7 @@ def main():
     torch.manual_seed(0)
     functions = {"gpt-train": gpt_train, "lstm-train": lstm_train,
                  "bert-mlm-train": bert_mlm_train, "gpt-generate": gpt_generate,
+                 "llama-generate": llama_generate,
                  "minilm-forward": minilm_forward, "matmul": matmul}
     for case in CASES if args.case == "all" else [args.case]:
         if case not in functions:

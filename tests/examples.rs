@@ -18,6 +18,9 @@ mod bert_ner;
 #[path = "../examples/compress/main.rs"]
 mod compress;
 #[allow(dead_code)]
+#[path = "../examples/generate/main.rs"]
+mod generate;
+#[allow(dead_code)]
 #[path = "../examples/gpt_char/main.rs"]
 mod gpt_char;
 #[allow(dead_code)]
@@ -185,4 +188,34 @@ fn compress_reports_every_variant() {
         assert!(row.quality.is_finite() && row.quality > 1.0, "{row:?}");
         assert!(row.latency_ms > 0.0, "{row:?}");
     }
+}
+
+/// The generate example on a Llama fixture folder (no tokenizer: ids in, ids out) gives
+/// HuggingFace `generate()`'s greedy tokens, with the end-of-sequence id read from the
+/// folder's config.json and suppressed for the first 20 tokens as HuggingFace did; a
+/// sharded Qwen2 folder runs too.
+#[test]
+fn generate_example_reproduces_huggingface_on_a_llama_folder() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models");
+    let fixture =
+        lmforge_device::testing::Fixture::load(root.join("llama_gqa/reference.safetensors"));
+    let ids =
+        |key: &str| -> Vec<u32> { fixture.get(key).iter::<i64>().map(|v| v as u32).collect() };
+    let prompt: Vec<String> = ids("input.prompt").iter().map(u32::to_string).collect();
+    let a: generate::Args = args(&format!(
+        "--model {} --prompt-ids {} --max-new-tokens 20 --min-new-tokens 20",
+        root.join("llama_gqa").display(),
+        prompt.join(",")
+    ));
+    assert_eq!(generate::run(&a).unwrap(), ids("generate.greedy"));
+    let a: generate::Args = args(&format!(
+        "--model {} --prompt-ids 3,4,5 --max-new-tokens 4 --do-sample --top-k 5",
+        root.join("qwen2_tied").display()
+    ));
+    assert!(generate::run(&a).unwrap().len() <= 4);
+    let a: generate::Args = args(&format!("--model {}", root.join("llama_gqa").display()));
+    assert!(
+        generate::run(&a).is_err(),
+        "a folder without tokenizer.json needs --prompt-ids"
+    );
 }

@@ -7,6 +7,7 @@ mod attention_reference;
 mod block_reference;
 mod examples;
 mod generate;
+mod llama_reference;
 mod models;
 mod models_reference;
 mod parity;

@@ -8,6 +8,7 @@
 //! | `lstm-train` | one AdamW step of an LSTM LM: vocab 96, embedding 128, 2 x LSTM 256, sequence 128, batch 16 |
 //! | `bert-mlm-train` | one AdamW step of BERT masked-LM: vocab 1000, width 256, 4 layers, 4 heads, FFN 1024, sequence 128, batch 16, 15% masking |
 //! | `gpt-generate` | greedy generation with the KV cache on the `gpt-train` shape: batch 1, prompt 16, 256 new tokens |
+//! | `llama-generate` | greedy generation with the KV cache of a ~100M-parameter grouped-query Llama (8 layers, width 768, 12 query / 4 key-value heads, FFN 2048, vocab 32000, untied): batch 1, prompt 16, 128 new tokens |
 //! | `minilm-forward` | inference forward of a MiniLM-size BERT encoder (6 layers, 384, 12 heads): batch 8 x 128 |
 //! | `matmul` | `[n, n] x [n, n]` float matmul for n = 256, 512, 1024, in GFLOP/s |
 //!
@@ -43,6 +44,7 @@ use lmforge::data::tokenizer::Encoding;
 use lmforge::models::bert::{BertConfig, BertInput};
 use lmforge::models::generate::{GenerationConfig, generate};
 use lmforge::models::gpt::GptConfig;
+use lmforge::models::llama::LlamaConfig;
 use lmforge::models::lstm_lm::LstmLmConfig;
 use lmforge::objectives::masked_lm::MaskingConfig;
 use lmforge::training::tasks::{CausalLmTask, MaskedLmTask};
@@ -53,11 +55,12 @@ use serde::Serialize;
 use serde_json::json;
 
 /// The benchmark cases, in the order `all` runs them.
-pub const CASES: [&str; 6] = [
+pub const CASES: [&str; 7] = [
     "gpt-train",
     "lstm-train",
     "bert-mlm-train",
     "gpt-generate",
+    "llama-generate",
     "minilm-forward",
     "matmul",
 ];
@@ -136,6 +139,7 @@ pub fn run(case: &str, device: &Device, options: &Options) -> Result<Vec<Measure
         "lstm-train" => vec![lstm_train(device, options)?],
         "bert-mlm-train" => vec![bert_mlm_train(device, options)?],
         "gpt-generate" => vec![gpt_generate(device, options)?],
+        "llama-generate" => vec![llama_generate(device, options)?],
         "minilm-forward" => vec![minilm_forward(device, options)?],
         "matmul" => matmul(device, options)?,
         other => bail!("unknown case `{other}`; the cases are {}", CASES.join(", ")),
@@ -386,6 +390,37 @@ fn gpt_generate(device: &Device, options: &Options) -> Result<Measurement> {
     json["prompt"] = json!(prompt_length);
     json["new_tokens"] = json!(new);
     Ok(timing.measurement("gpt-generate", device, new, json))
+}
+
+fn llama_generate(device: &Device, options: &Options) -> Result<Measurement> {
+    let (vocab, width, layers, heads, kv_heads, ffn) = if options.tiny {
+        (64, 32, 1, 4, 2, 64)
+    } else {
+        (32000, 768, 8, 12, 4, 2048)
+    };
+    let (prompt_length, new) = if options.tiny { (4, 8) } else { (16, 128) };
+    device.seed(0);
+    let model = LlamaConfig::new(vocab)
+        .with_d_model(width)
+        .with_n_layers(layers)
+        .with_n_heads(heads)
+        .with_n_kv_heads(Some(kv_heads))
+        .with_d_ff(ffn)
+        .with_max_seq_length(2048)
+        .init(device)?;
+    let prompt = token_rows(1, prompt_length, vocab, 5);
+    let config = GenerationConfig::new()
+        .with_max_new_tokens(new)
+        .with_min_new_tokens(new);
+    let timing = time(device, options, || {
+        let out = generate(&model, &prompt, &config, device, |_, _| {})?;
+        anyhow::ensure!(out[0].len() == new, "generated {} tokens", out[0].len());
+        Ok(())
+    })?;
+    let json = json!({"vocab": vocab, "width": width, "layers": layers, "heads": heads,
+                      "kv_heads": kv_heads, "ffn": ffn, "batch": 1, "prompt": prompt_length,
+                      "new_tokens": new, "dtype": "f32"});
+    Ok(timing.measurement("llama-generate", device, new, json))
 }
 
 fn minilm_forward(device: &Device, options: &Options) -> Result<Measurement> {

@@ -4,12 +4,14 @@
 //! - [`lstm_lm`]: [`LstmLm`](lstm_lm::LstmLm), the embedding/LSTM/linear language model,
 //!   carrying its recurrent state across batches.
 //! - [`gpt`]: [`Gpt`](gpt::Gpt), GPT-2's architecture with weight tying and a KV cache.
+//! - [`llama`]: [`Llama`](llama::Llama), the Llama/Mistral/Qwen2 skeleton: RMSNorm, rotary
+//!   positions, grouped-query attention, SwiGLU, sliding windows.
 //! - [`bert`]: [`Bert`](bert::Bert) and its task models: masked LM, pre-training (MLM + NSP),
 //!   sequence classification, token classification, question answering.
 //! - [`seq2seq`]: [`Seq2Seq`](seq2seq::Seq2Seq), the encoder-decoder Transformer.
 //! - [`generate`]: greedy and sampled generation with streaming over any [`generate::Decoder`].
 //! - [`pretrained`]: [`Pretrained`] (`from_pretrained`/`save_pretrained` for HuggingFace
-//!   folders of GPT-2 and BERT) and [`pretrained::save`]/[`pretrained::load`] for lmforge's
+//!   folders of GPT-2, BERT, Llama, Mistral and Qwen2; single or sharded safetensors) and [`pretrained::save`]/[`pretrained::load`] for lmforge's
 //!   own checkpoint format.
 //!
 //! Models return logits (and states); losses live in `lmforge-objectives`. Every model runs
@@ -35,13 +37,16 @@
 //! ```
 
 pub mod bert;
+mod cache;
 mod error;
 pub mod generate;
 pub mod gpt;
+pub mod llama;
 pub mod lstm_lm;
 pub mod pretrained;
 pub mod seq2seq;
 mod tokens;
 
+pub use cache::DecoderCache;
 pub use error::ModelError;
 pub use pretrained::Pretrained;

@@ -11,6 +11,7 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use super::cache::KvCache;
 use super::mask::attention_mask;
 use crate::error::{LayerError, assert_shape, check, fetch};
+use crate::position::{Rope, RopeConfig};
 use crate::rows::linear_rows;
 use crate::transformer::normal_linear;
 
@@ -19,17 +20,38 @@ use crate::transformer::normal_linear;
 pub struct MultiHeadAttentionConfig {
     /// Model width: size of query inputs and of the output.
     pub d_model: usize,
-    /// Number of heads; must divide `d_model`.
+    /// Number of query heads; must divide `d_model` unless `d_head` is given.
     pub n_heads: usize,
+    /// Number of key/value heads (grouped-query attention; 1 = multi-query): each group of
+    /// `n_heads / n_kv_heads` query heads shares one key/value head, and the KV cache holds
+    /// only these. Must divide `n_heads`. Default: `n_heads`.
+    #[config(default = "None")]
+    pub n_kv_heads: Option<usize>,
+    /// Width of one head. Default: `d_model / n_heads`.
+    #[config(default = "None")]
+    pub d_head: Option<usize>,
     /// Width of the key/value inputs for cross-attention. Default: `d_model`.
     #[config(default = "None")]
     pub d_memory: Option<usize>,
     /// Dropout on the attention probabilities (training only). Default: 0.
     #[config(default = 0.0)]
     pub dropout: f64,
-    /// Biases on the four projections. Default: true.
+    /// Biases on the query, key and value projections. Default: true.
     #[config(default = true)]
     pub bias: bool,
+    /// Bias on the output projection. Default: `bias`.
+    #[config(default = "None")]
+    pub output_bias: Option<bool>,
+    /// Rotary position embeddings on queries and keys (Llama, Mistral, Qwen2); the
+    /// positions are the cached length onwards, or [`AttentionInput::positions`].
+    /// `d_head` of the config must equal the head width. Default: none.
+    #[config(default = "None")]
+    pub rotary: Option<RopeConfig>,
+    /// Causal self-attention sees only the last `sliding_window` positions, itself included
+    /// (Mistral): query `i` attends to keys `j` with `i - sliding_window < j <= i`.
+    /// Default: none (the whole past).
+    #[config(default = "None")]
+    pub sliding_window: Option<usize>,
     /// Standard deviation of the normal initialisation of the projection weights (biases start
     /// at zero). Default: 0.02 (GPT-2, BERT).
     #[config(default = 0.02)]
@@ -40,18 +62,51 @@ impl MultiHeadAttentionConfig {
     /// Builds the layer.
     ///
     /// # Errors
-    /// [`LayerError::InvalidConfig`] when a size is zero, `n_heads` does not divide `d_model`,
-    /// or the dropout is outside `[0, 1)`.
+    /// [`LayerError::InvalidConfig`] when a size is zero, `n_heads` does not divide `d_model`
+    /// (without an explicit `d_head`), `n_kv_heads` does not divide `n_heads`, the rotary
+    /// width is not the head width, or the dropout is outside `[0, 1)`.
     pub fn init(&self, device: &Device) -> Result<MultiHeadAttention, LayerError> {
         let layer = "MultiHeadAttentionConfig";
         check(self.d_model > 0, layer, || "d_model must be > 0".into())?;
         check(self.n_heads > 0, layer, || "n_heads must be > 0".into())?;
-        check(self.d_model.is_multiple_of(self.n_heads), layer, || {
-            format!(
-                "d_model ({}) must be divisible by n_heads ({})",
-                self.d_model, self.n_heads
-            )
+        check(
+            self.d_head.is_some() || self.d_model.is_multiple_of(self.n_heads),
+            layer,
+            || {
+                format!(
+                    "d_model ({}) must be divisible by n_heads ({})",
+                    self.d_model, self.n_heads
+                )
+            },
+        )?;
+        let d_head = self.d_head.unwrap_or(self.d_model / self.n_heads);
+        check(d_head > 0, layer, || "d_head must be > 0".into())?;
+        let n_kv_heads = self.n_kv_heads.unwrap_or(self.n_heads);
+        check(
+            n_kv_heads > 0 && self.n_heads.is_multiple_of(n_kv_heads),
+            layer,
+            || {
+                format!(
+                    "n_kv_heads ({n_kv_heads}) must be > 0 and divide n_heads ({})",
+                    self.n_heads
+                )
+            },
+        )?;
+        check(self.sliding_window != Some(0), layer, || {
+            "sliding_window must be > 0".into()
         })?;
+        let rotary = match &self.rotary {
+            Some(rope) => {
+                check(rope.d_head == d_head, layer, || {
+                    format!(
+                        "the rotary width ({}) must be the head width ({d_head})",
+                        rope.d_head
+                    )
+                })?;
+                Some(rope.init()?)
+            }
+            None => None,
+        };
         check(self.d_memory != Some(0), layer, || {
             "d_memory must be > 0".into()
         })?;
@@ -59,17 +114,22 @@ impl MultiHeadAttentionConfig {
             format!("dropout must be in [0, 1), got {}", self.dropout)
         })?;
         let d_memory = self.d_memory.unwrap_or(self.d_model);
-        let linear = |d_in| normal_linear(d_in, self.d_model, self.bias, self.init_std, device);
+        let linear = |d_in, d_out, bias| normal_linear(d_in, d_out, bias, self.init_std, device);
+        let d_inner = self.n_heads * d_head;
+        let d_kv = n_kv_heads * d_head;
         Ok(MultiHeadAttention {
-            query: linear(self.d_model),
-            key: linear(d_memory),
-            value: linear(d_memory),
-            output: linear(self.d_model),
+            query: linear(self.d_model, d_inner, self.bias),
+            key: linear(d_memory, d_kv, self.bias),
+            value: linear(d_memory, d_kv, self.bias),
+            output: linear(d_inner, self.d_model, self.output_bias.unwrap_or(self.bias)),
             dropout: DropoutConfig::new(self.dropout).init(),
             n_heads: self.n_heads,
-            d_head: self.d_model / self.n_heads,
+            n_kv_heads,
+            d_head,
             d_memory,
             dropout_p: self.dropout,
+            rotary,
+            sliding_window: self.sliding_window,
         })
     }
 }
@@ -94,6 +154,10 @@ pub struct AttentionInput {
     pub causal: bool,
     /// Also return the attention probabilities.
     pub need_weights: bool,
+    /// Positions of the query tokens for rotary embeddings: `seq_q` positions shared by
+    /// every row, or `batch_size * seq_q` (row-major). `None`: the cached length onwards.
+    /// Left-padded batches number each row from its first real token.
+    pub positions: Option<Vec<usize>>,
 }
 
 impl AttentionInput {
@@ -105,6 +169,7 @@ impl AttentionInput {
             mask_pad: None,
             causal: false,
             need_weights: false,
+            positions: None,
         }
     }
 
@@ -134,6 +199,12 @@ impl AttentionInput {
         self.need_weights = true;
         self
     }
+
+    /// Sets the query positions for rotary embeddings (see [`Self::positions`]).
+    pub fn positions(mut self, positions: Vec<usize>) -> Self {
+        self.positions = Some(positions);
+        self
+    }
 }
 
 /// The result of [`MultiHeadAttention::forward`].
@@ -154,7 +225,11 @@ pub struct AttentionOutput {
 ///
 /// Self- and cross-attention, key padding mask and causal mask (combined: a position is hidden
 /// if either hides it), a KV cache for incremental decoding ([`Self::forward_cached`]),
-/// optional attention probabilities and attention dropout.
+/// optional attention probabilities and attention dropout. Options used by modern decoder
+/// models: grouped-query and multi-query attention (`n_kv_heads`; keys and values are
+/// computed and cached for the KV heads only and shared by each group of query heads), rotary
+/// position embeddings on queries and keys, a head width independent of `d_model`, separate
+/// bias settings for the input and output projections, and a sliding attention window.
 ///
 /// lmforge has its own attention rather than burn-nn's because it runs burn's fused attention
 /// op (`burn::tensor::module::attention`) whenever neither probabilities nor dropout are
@@ -166,25 +241,45 @@ pub struct AttentionOutput {
 /// The explicit path (probabilities or dropout) computes the same numbers.
 #[derive(Module, Debug)]
 pub struct MultiHeadAttention {
-    /// Query projection `d_model -> d_model`.
+    /// Query projection `d_model -> n_heads * d_head`.
     pub query: Linear,
-    /// Key projection `d_memory -> d_model`.
+    /// Key projection `d_memory -> n_kv_heads * d_head`.
     pub key: Linear,
-    /// Value projection `d_memory -> d_model`.
+    /// Value projection `d_memory -> n_kv_heads * d_head`.
     pub value: Linear,
-    /// Output projection `d_model -> d_model`.
+    /// Output projection `n_heads * d_head -> d_model`.
     pub output: Linear,
     dropout: Dropout,
     n_heads: usize,
+    n_kv_heads: usize,
     d_head: usize,
     d_memory: usize,
     dropout_p: f64,
+    #[module(skip)]
+    rotary: Option<Rope>,
+    #[module(skip)]
+    sliding_window: Option<usize>,
 }
 
 impl MultiHeadAttention {
     /// Number of heads.
     pub fn n_heads(&self) -> usize {
         self.n_heads
+    }
+
+    /// Number of key/value heads (`n_heads` unless grouped-query).
+    pub fn n_kv_heads(&self) -> usize {
+        self.n_kv_heads
+    }
+
+    /// The rotary embeddings applied to queries and keys, if any.
+    pub fn rotary(&self) -> Option<&Rope> {
+        self.rotary.as_ref()
+    }
+
+    /// The sliding attention window, if any.
+    pub fn sliding_window(&self) -> Option<usize> {
+        self.sliding_window
     }
 
     /// Width of one head.
@@ -210,9 +305,12 @@ impl MultiHeadAttention {
     ///
     /// # Errors
     /// [`LayerError::InvalidConfig`] when `keep` is empty, repeats a head or names one that
-    /// does not exist.
+    /// does not exist, or the layer shares key/value heads between query heads.
     pub fn prune_heads(&mut self, keep: &[usize]) -> Result<(), LayerError> {
         let layer = "MultiHeadAttention::prune_heads";
+        check(self.n_kv_heads == self.n_heads, layer, || {
+            "grouped-query attention: heads share keys and values, prune groups instead".into()
+        })?;
         check(!keep.is_empty(), layer, || {
             "at least one head must stay".into()
         })?;
@@ -239,14 +337,45 @@ impl MultiHeadAttention {
         }
         select_inputs(&mut self.output, index);
         self.n_heads = sorted.len();
+        self.n_kv_heads = sorted.len();
         Ok(())
     }
 
-    /// `[batch_size, seq, d_model]` -> `[batch_size, n_heads, seq, d_head]`.
+    /// `[batch_size, seq, heads * d_head]` -> `[batch_size, heads, seq, d_head]`.
     fn split_heads(&self, x: Tensor<3>) -> Tensor<4> {
-        let [batch_size, seq_length, _] = x.dims();
-        x.reshape([batch_size, seq_length, self.n_heads, self.d_head])
+        let [batch_size, seq_length, width] = x.dims();
+        x.reshape([batch_size, seq_length, width / self.d_head, self.d_head])
             .swap_dims(1, 2)
+    }
+
+    /// Rotates queries or keys `[batch_size, heads, seq, d_head]` for their positions: those
+    /// of the input, or `past..past + seq`.
+    fn rotate(&self, x: Tensor<4>, input: &AttentionInput, past: usize) -> Tensor<4> {
+        match &self.rotary {
+            None => x,
+            Some(rope) => match &input.positions {
+                Some(positions) => rope.apply(x, positions),
+                None => {
+                    let seq = x.dims()[2];
+                    let positions: Vec<usize> = (past..past + seq).collect();
+                    rope.apply(x, &positions)
+                }
+            },
+        }
+    }
+
+    /// Key/value heads repeated for their query heads: `[batch_size, n_kv_heads, seq,
+    /// d_head]` -> `[batch_size, n_heads, seq, d_head]` (query head `h` reads key/value head
+    /// `h / (n_heads / n_kv_heads)`).
+    fn repeat_kv(&self, x: Tensor<4>) -> Tensor<4> {
+        let group = self.n_heads / self.n_kv_heads;
+        if group == 1 {
+            return x;
+        }
+        let [batch_size, n_kv_heads, seq, d_head] = x.dims();
+        x.unsqueeze_dim::<5>(2)
+            .expand([batch_size, n_kv_heads, group, seq, d_head])
+            .reshape([batch_size, n_kv_heads * group, seq, d_head])
     }
 
     /// Attends `query` over whole sequences.
@@ -259,6 +388,12 @@ impl MultiHeadAttention {
     /// the expected and actual shape).
     pub fn forward(&self, input: AttentionInput) -> AttentionOutput {
         let (q, k, v) = self.project(&input);
+        let q = self.rotate(q, &input, 0);
+        let k = if input.memory.is_none() {
+            self.rotate(k, &input, 0)
+        } else {
+            k
+        };
         self.attend(q, k, v, &input, 0)
     }
 
@@ -276,6 +411,8 @@ impl MultiHeadAttention {
     pub fn forward_cached(&self, input: AttentionInput, cache: &mut KvCache) -> AttentionOutput {
         let is_cross = input.memory.is_some();
         let q = self.split_heads(self.checked_query(&input));
+        let past = if is_cross { 0 } else { cache.len() };
+        let q = self.rotate(q, &input, past);
         let (k, v, past) = if is_cross {
             if cache.key.is_none() {
                 let (k, v) = self.project_memory(&input);
@@ -285,7 +422,7 @@ impl MultiHeadAttention {
             (cache.key.clone().unwrap(), cache.value.clone().unwrap(), 0)
         } else {
             let (k_new, v_new) = self.project_memory(&input);
-            let past = cache.len();
+            let k_new = self.rotate(k_new, &input, past);
             let (k, v) = match (cache.key.take(), cache.value.take()) {
                 (Some(k), Some(v)) => (
                     Tensor::cat(vec![k, k_new], 2),
@@ -311,7 +448,7 @@ impl MultiHeadAttention {
         linear_rows(&self.query, input.query.clone())
     }
 
-    /// Keys and values, `[batch_size, n_heads, seq_k, d_head]`.
+    /// Keys and values, `[batch_size, n_kv_heads, seq_k, d_head]`.
     fn project_memory(&self, input: &AttentionInput) -> (Tensor<4>, Tensor<4>) {
         let memory = input.memory.as_ref().unwrap_or(&input.query);
         let batch_size = input.query.dims()[0];
@@ -342,8 +479,9 @@ impl MultiHeadAttention {
         (q, k, v)
     }
 
-    /// Attention of `q` over `k`, `v` (`[batch_size, n_heads, seq, d_head]`); `past` is the
-    /// number of cached positions before the first query (for the causal alignment check).
+    /// Attention of `q` (`[batch_size, n_heads, seq_q, d_head]`) over `k`, `v`
+    /// (`[batch_size, n_kv_heads, seq_k, d_head]`); `past` is the number of cached positions
+    /// before the first query.
     fn attend(
         &self,
         q: Tensor<4>,
@@ -354,6 +492,11 @@ impl MultiHeadAttention {
     ) -> AttentionOutput {
         let [batch_size, _, seq_q, _] = q.dims();
         let seq_k = k.dims()[2];
+        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+        // A window matters only when some query has more keys behind it than it holds.
+        let window = self
+            .sliding_window
+            .filter(|&w| input.causal && input.memory.is_none() && seq_k > w);
         debug_assert!(!input.causal || input.memory.is_some() || seq_k == past + seq_q);
         if let Some(mask_pad) = &input.mask_pad {
             assert_shape(
@@ -365,35 +508,38 @@ impl MultiHeadAttention {
         }
         let device = q.device();
         let dropout_active = self.dropout_p > 0.0 && device.is_autodiff();
+        let shape = [batch_size, self.n_heads, seq_q, seq_k];
         let (context, weights) = if input.need_weights || dropout_active {
             let scale = (self.d_head as f64).sqrt().recip();
             let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
-            let mask = attention_mask(
-                input.mask_pad.clone(),
-                input.causal,
-                [batch_size, self.n_heads, seq_q, seq_k],
-                &device,
-            );
+            let mask = attention_mask(input.mask_pad.clone(), input.causal, shape, &device);
+            let mask = match window {
+                Some(w) => Some(with_window(mask, w, shape, &device)),
+                None => mask,
+            };
             let probs = masked_softmax(scores, mask);
             let context = self.dropout.forward(probs.clone()).matmul(v);
             (context, input.need_weights.then_some(probs))
         } else {
-            let mask = input.mask_pad.clone().map(|mask_pad| {
-                attention_mask(
-                    Some(mask_pad),
-                    false,
-                    [batch_size, self.n_heads, seq_q, seq_k],
-                    &device,
-                )
-                .expect("a padding mask gives a mask")
-            });
-            match fused_attention(&q, &k, &v, mask.as_ref(), input.causal) {
+            // With a window the causal part goes into the explicit mask.
+            let causal = input.causal && window.is_none();
+            let mask = attention_mask(
+                input.mask_pad.clone(),
+                !causal && input.causal,
+                shape,
+                &device,
+            );
+            let mask = match window {
+                Some(w) => Some(with_window(mask, w, shape, &device)),
+                None => mask,
+            };
+            match fused_attention(&q, &k, &v, mask.as_ref(), causal) {
                 Some(context) => (context, None),
                 None => {
                     let options = AttentionModuleOptions {
                         scale: None,
                         softcap: None,
-                        is_causal: input.causal,
+                        is_causal: causal,
                     };
                     (attention(q, k, v, mask, None, options), None)
                 }
@@ -428,6 +574,27 @@ fn fused_attention(
     None
 }
 
+/// Adds a sliding window to `mask`: query `i` (aligned to the end of the keys, as the causal
+/// mask) does not see keys `j <= i - window`.
+fn with_window(
+    mask: Option<Tensor<4, Bool>>,
+    window: usize,
+    [batch_size, n_heads, seq_q, seq_k]: [usize; 4],
+    device: &Device,
+) -> Tensor<4, Bool> {
+    let offset = seq_k - seq_q;
+    let far: Vec<bool> = (0..seq_q)
+        .flat_map(|i| (0..seq_k).map(move |j| j + window <= i + offset))
+        .collect();
+    let far = Tensor::<2, Bool>::from_data(TensorData::new(far, [seq_q, seq_k]), device)
+        .reshape([1, 1, seq_q, seq_k])
+        .expand([batch_size, n_heads, seq_q, seq_k]);
+    match mask {
+        Some(mask) => mask.bool_or(far),
+        None => far,
+    }
+}
+
 /// Softmax over the last dimension with masked positions (`true`) excluded; a row whose
 /// positions are all masked gives zeros (not NaN), as burn's fused attention does.
 fn masked_softmax(scores: Tensor<4>, mask: Option<Tensor<4, Bool>>) -> Tensor<4> {
@@ -459,6 +626,9 @@ impl MultiHeadAttention {
         let layer = "MultiHeadAttention";
         let d_model = self.d_model();
         check_loadable(layer, self.d_memory == d_model)?;
+        check(self.n_kv_heads == self.n_heads, layer, || {
+            "PyTorch's stacked in_proj layout needs n_kv_heads == n_heads".into()
+        })?;
         check(self.d_inner() == d_model, layer, || {
             format!(
                 "a layer with pruned heads ({} of width {}) cannot take a full state dict",

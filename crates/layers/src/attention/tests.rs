@@ -342,3 +342,123 @@ fn pruning_heads_checks_its_input() {
         .unwrap_err();
     assert!(error.to_string().contains("pruned heads"), "{error}");
 }
+
+/// Grouped-query attention is multi-head attention whose key/value heads are shared: a GQA
+/// layer (4 query heads, 2 key/value heads) computes what a full layer computes when its key
+/// and value projections repeat each KV head's columns for the 2 query heads of its group.
+/// Also through the cache, with rotary positions on, on every path (fused and explicit).
+#[test]
+fn grouped_query_attention_equals_repeated_key_value_heads() {
+    reference_device().seed(5);
+    let rope = crate::position::RopeConfig::new(4);
+    let gqa = MultiHeadAttentionConfig::new(16, 4)
+        .with_n_kv_heads(Some(2))
+        .with_rotary(Some(rope.clone()))
+        .with_init_std(0.3)
+        .init(reference_device())
+        .unwrap();
+    assert_eq!(gqa.key.weight.dims(), [16, 8]);
+    let mut full = MultiHeadAttentionConfig::new(16, 4)
+        .with_rotary(Some(rope))
+        .init(reference_device())
+        .unwrap();
+    full.query = gqa.query.clone();
+    full.output = gqa.output.clone();
+    // Columns of KV head h (width 4) serve query heads 2h and 2h + 1.
+    let columns: Vec<i64> = (0..4)
+        .flat_map(|q_head| (0..4).map(move |c| (q_head / 2 * 4 + c) as i64))
+        .collect();
+    let index = Tensor::<1, Int>::from_data(TensorData::new(columns, [16]), reference_device());
+    for (target, source) in [(&mut full.key, &gqa.key), (&mut full.value, &gqa.value)] {
+        let mut repeated = source.clone();
+        select_outputs(&mut repeated, index.clone());
+        *target = repeated;
+    }
+    let x = input(2, 6, 16, 3);
+    for weights in [false, true] {
+        let mut a = AttentionInput::self_attention(x.clone()).causal();
+        a.need_weights = weights;
+        let got = gqa.forward(a.clone()).context;
+        let want = full.forward(a).context;
+        assert!(max_abs_diff(got, want) < 1e-5, "need_weights {weights}");
+    }
+    let mut cache = KvCache::new();
+    let first = gqa.forward_cached(
+        AttentionInput::self_attention(x.clone().narrow(1, 0, 4)).causal(),
+        &mut cache,
+    );
+    let rest = gqa.forward_cached(
+        AttentionInput::self_attention(x.clone().narrow(1, 4, 2)).causal(),
+        &mut cache,
+    );
+    assert_eq!(cache.key.as_ref().unwrap().dims(), [2, 2, 6, 4]);
+    let whole = full
+        .forward(AttentionInput::self_attention(x).causal())
+        .context;
+    assert!(max_abs_diff(Tensor::cat(vec![first.context, rest.context], 1), whole) < 1e-5);
+}
+
+/// A sliding window of `w` is a mask: attention over the whole sequence with window 3
+/// equals attention where each query's keys outside `(i - 3, i]` are padding, computed row
+/// by row; a window at least the sequence length changes nothing.
+#[test]
+fn sliding_window_hides_keys_outside_the_window() {
+    let plain = mha(8, 2);
+    // The same weights with a window (tests run in parallel: copy, do not reseed).
+    let window = |w| {
+        let mut layer = MultiHeadAttentionConfig::new(8, 2)
+            .with_sliding_window(Some(w))
+            .init(reference_device())
+            .unwrap();
+        layer.query = plain.query.clone();
+        layer.key = plain.key.clone();
+        layer.value = plain.value.clone();
+        layer.output = plain.output.clone();
+        layer
+    };
+    let (layer, wide) = (window(3), window(6));
+    let x = input(1, 6, 8, 1);
+    let got = layer
+        .forward(AttentionInput::self_attention(x.clone()).causal())
+        .context;
+    for i in 0..6usize {
+        // Query i alone over keys max(0, i - 2)..=i.
+        let start = i.saturating_sub(2);
+        let keys = x.clone().narrow(1, start, i + 1 - start);
+        let alone = plain
+            .forward(AttentionInput::self_attention(keys).causal())
+            .context
+            .narrow(1, i - start, 1);
+        assert!(
+            max_abs_diff(got.clone().narrow(1, i, 1), alone) < 1e-5,
+            "query {i}"
+        );
+    }
+    let a = wide
+        .forward(AttentionInput::self_attention(x.clone()).causal())
+        .context;
+    let b = plain
+        .forward(AttentionInput::self_attention(x).causal())
+        .context;
+    assert!(max_abs_diff(a, b) < 1e-6);
+}
+
+#[test]
+fn grouped_query_configs_are_checked() {
+    let device = reference_device();
+    let config = |kv| MultiHeadAttentionConfig::new(16, 4).with_n_kv_heads(Some(kv));
+    assert!(config(3).init(device).is_err());
+    assert!(config(0).init(device).is_err());
+    assert!(config(1).init(device).is_ok());
+    let rotary =
+        MultiHeadAttentionConfig::new(16, 4).with_rotary(Some(crate::position::RopeConfig::new(8)));
+    assert!(matches!(
+        rotary.init(device),
+        Err(LayerError::InvalidConfig { .. })
+    ));
+    let explicit = MultiHeadAttentionConfig::new(16, 3)
+        .with_d_head(Some(6))
+        .init(device)
+        .unwrap();
+    assert_eq!((explicit.d_inner(), explicit.d_model()), (18, 16));
+}

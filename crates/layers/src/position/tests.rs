@@ -135,3 +135,68 @@ fn parity_across_devices() {
             .grads("learned", &learned, &grads)
     });
 }
+
+/// RoPE encodes relative positions: the dot product of a query rotated to position `m` and
+/// a key rotated to `n` depends on `m - n` only (a property of the rotation, checked at
+/// three offsets of the same distance), and position 0 leaves vectors unchanged.
+#[test]
+fn rope_scores_depend_on_relative_position() {
+    let device = reference_device();
+    let rope = RopeConfig::new(8).init().unwrap();
+    let vector = |salt: f32| {
+        let v: Vec<f32> = (0..8).map(|i| ((i as f32 + salt) * 0.7).sin()).collect();
+        Tensor::<4>::from_data(TensorData::new(v, [1, 1, 1, 8]), device)
+    };
+    let (q, k) = (vector(0.3), vector(1.9));
+    let score = |m: usize, n: usize| {
+        (rope.apply(q.clone(), &[m]) * rope.apply(k.clone(), &[n]))
+            .sum()
+            .into_scalar::<f32>()
+    };
+    let reference = score(5, 2);
+    for (m, n) in [(3, 0), (10, 7), (40, 37)] {
+        assert!((score(m, n) - reference).abs() < 1e-4, "{m},{n}");
+    }
+    assert!((score(5, 3) - reference).abs() > 1e-3, "distance 2 differs");
+    assert_eq!(values(rope.apply(q.clone(), &[0])), values(q));
+}
+
+/// Llama 3's scaling by hand (factor 4, band factors 1 and 4, original context 128; base
+/// 10000, d_head 8 gives frequencies 1, 0.1, 0.01, 0.001, wavelengths 2π/f): 6.28 is below
+/// 128/4 = 32 and kept; 62.8 lies in [32, 128] and is smoothed with s = (128/62.8 - 1)/3 =
+/// 0.346..., f' = (1 - s) f / 4 + s f; 628 and 6283 exceed 128 and are divided by 4.
+/// Linear scaling divides every frequency.
+#[test]
+fn rope_scalings_follow_their_formulas() {
+    let llama3 = RopeConfig::new(8)
+        .with_scaling(Some(RopeScaling::Llama3 {
+            factor: 4.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 128,
+        }))
+        .init()
+        .unwrap();
+    let f = llama3.inv_freq();
+    let wavelen = 2.0 * std::f64::consts::PI / 0.1;
+    let s = (128.0 / wavelen - 1.0) / 3.0;
+    let smoothed = (1.0 - s) * 0.1 / 4.0 + s * 0.1;
+    for (got, want) in f.iter().zip([1.0, smoothed, 0.0025, 0.00025]) {
+        assert!(
+            ((*got as f64) - want).abs() < 1e-6 * want.max(1e-3),
+            "{f:?}"
+        );
+    }
+    let linear = RopeConfig::new(8)
+        .with_scaling(Some(RopeScaling::Linear { factor: 2.0 }))
+        .init()
+        .unwrap();
+    assert!((linear.inv_freq()[1] - 0.05).abs() < 1e-8);
+    assert!(RopeConfig::new(7).init().is_err());
+    assert!(
+        RopeConfig::new(8)
+            .with_scaling(Some(RopeScaling::Linear { factor: 0.0 }))
+            .init()
+            .is_err()
+    );
+}

@@ -9,6 +9,7 @@ use super::feed_forward::{FeedForward, FeedForwardActivation, FeedForwardConfig}
 use super::norm::{Norm, NormKind};
 use crate::attention::{AttentionInput, KvCache, MultiHeadAttention, MultiHeadAttentionConfig};
 use crate::error::{LayerError, check};
+use crate::position::RopeConfig;
 
 /// Configuration shared by [`EncoderBlock`] and [`DecoderBlock`].
 #[derive(Config, Debug)]
@@ -41,6 +42,28 @@ pub struct BlockConfig {
     /// Standard deviation of the normal weight initialisation. Default: 0.02.
     #[config(default = 0.02)]
     pub init_std: f64,
+    /// Key/value heads of the attention (grouped-query attention). Default: `n_heads`.
+    #[config(default = "None")]
+    pub n_kv_heads: Option<usize>,
+    /// Width of one attention head. Default: `d_model / n_heads`.
+    #[config(default = "None")]
+    pub d_head: Option<usize>,
+    /// Biases on the feed-forward projections (and, unless set apart, on the attention's).
+    /// Default: true.
+    #[config(default = true)]
+    pub bias: bool,
+    /// Bias on the attention's output projection. Default: `bias`.
+    #[config(default = "None")]
+    pub output_bias: Option<bool>,
+    /// Biases on the attention's query, key and value projections. Default: `bias`.
+    #[config(default = "None")]
+    pub qkv_bias: Option<bool>,
+    /// Rotary position embeddings in the self-attention. Default: none.
+    #[config(default = "None")]
+    pub rotary: Option<RopeConfig>,
+    /// Sliding window of the causal self-attention. Default: none.
+    #[config(default = "None")]
+    pub sliding_window: Option<usize>,
     /// Decoder blocks only: add cross-attention over an encoder's output of this width
     /// (`Some(d_model)` for a standard encoder-decoder). Default: none.
     #[config(default = "None")]
@@ -53,8 +76,15 @@ impl BlockConfig {
         d_memory: Option<usize>,
         device: &Device,
     ) -> Result<MultiHeadAttention, LayerError> {
+        let is_self = d_memory.is_none();
         MultiHeadAttentionConfig::new(self.d_model, self.n_heads)
             .with_d_memory(d_memory)
+            .with_n_kv_heads(self.n_kv_heads)
+            .with_d_head(self.d_head)
+            .with_bias(self.qkv_bias.unwrap_or(self.bias))
+            .with_output_bias(Some(self.output_bias.unwrap_or(self.bias)))
+            .with_rotary(self.rotary.clone().filter(|_| is_self))
+            .with_sliding_window(self.sliding_window.filter(|_| is_self))
             .with_dropout(self.attention_dropout)
             .with_init_std(self.init_std)
             .init(device)
@@ -66,6 +96,7 @@ impl BlockConfig {
         })?;
         let feed_forward = FeedForwardConfig::new(self.d_model, self.d_ff)
             .with_activation(self.activation)
+            .with_bias(self.bias)
             .with_init_std(self.init_std)
             .init(device)?;
         Ok((feed_forward, DropoutConfig::new(self.dropout).init()))
@@ -244,7 +275,7 @@ impl DecoderBlock {
         mask_pad: Option<Tensor<2, Bool>>,
         memory: Option<&Memory>,
     ) -> Tensor<3> {
-        self.run(x, mask_pad, memory, None)
+        self.run(x, mask_pad, memory, None, None)
     }
 
     /// Runs new positions with caches: equal to [`Self::forward`] over the whole sequence so
@@ -260,7 +291,24 @@ impl DecoderBlock {
         memory: Option<&Memory>,
         cache: &mut DecoderBlockCache,
     ) -> Tensor<3> {
-        self.run(x, mask_pad, memory, Some(cache))
+        self.run(x, mask_pad, memory, None, Some(cache))
+    }
+
+    /// Runs a decoder-only block (no cross-attention) with explicit query positions for its
+    /// rotary embeddings, with or without a cache.
+    ///
+    /// # Shapes
+    /// - `x`: `[batch_size, seq_new, d_model]`
+    /// - `mask_pad`: `[batch_size, seq_cached + seq_new]`
+    /// - `positions`: as [`AttentionInput::positions`]; `None`: the cached length onwards
+    pub fn forward_at(
+        &self,
+        x: Tensor<3>,
+        mask_pad: Option<Tensor<2, Bool>>,
+        positions: Option<Vec<usize>>,
+        cache: Option<&mut DecoderBlockCache>,
+    ) -> Tensor<3> {
+        self.run(x, mask_pad, None, positions, cache)
     }
 
     fn run(
@@ -268,6 +316,7 @@ impl DecoderBlock {
         x: Tensor<3>,
         mask_pad: Option<Tensor<2, Bool>>,
         memory: Option<&Memory>,
+        positions: Option<Vec<usize>>,
         mut cache: Option<&mut DecoderBlockCache>,
     ) -> Tensor<3> {
         assert_eq!(
@@ -283,6 +332,7 @@ impl DecoderBlock {
             |h| {
                 let mut input = AttentionInput::self_attention(h).causal();
                 input.mask_pad = mask_pad;
+                input.positions = positions;
                 match cache.as_deref_mut() {
                     Some(cache) => {
                         self.self_attention

@@ -5,7 +5,9 @@ use lmforge_layers::rnn::LstmState;
 
 use lmforge_layers::transformer::{DecoderBlockCache, Memory};
 
-use crate::gpt::{Gpt, GptCache};
+use crate::cache::DecoderCache;
+use crate::gpt::Gpt;
+use crate::llama::Llama;
 use crate::lstm_lm::LstmLm;
 use crate::seq2seq::{Seq2Seq, Seq2SeqCache};
 
@@ -76,44 +78,53 @@ fn last(logits: Tensor<3>) -> Tensor<2> {
         .reshape([batch_size, vocab_size])
 }
 
-impl Decoder for Gpt {
-    type State = GptCache;
+/// [`Decoder`] for a decoder-only model with a `forward_cached` over a [`DecoderCache`]
+/// (left padding masked and positions renumbered per row).
+macro_rules! cached_decoder {
+    ($model:ty) => {
+        impl Decoder for $model {
+            type State = DecoderCache;
 
-    fn vocab_size(&self) -> usize {
-        Gpt::vocab_size(self)
-    }
+            fn vocab_size(&self) -> usize {
+                <$model>::vocab_size(self)
+            }
 
-    fn max_seq_length(&self) -> Option<usize> {
-        Some(Gpt::max_seq_length(self))
-    }
+            fn max_seq_length(&self) -> Option<usize> {
+                Some(<$model>::max_seq_length(self))
+            }
 
-    fn prefill(&self, tokens: Tensor<2, Int>) -> (Tensor<2>, GptCache) {
-        let mut cache = GptCache::default();
-        let logits = self.forward_cached(tokens, None, &mut cache);
-        (last(logits), cache)
-    }
+            fn prefill(&self, tokens: Tensor<2, Int>) -> (Tensor<2>, DecoderCache) {
+                let mut cache = DecoderCache::default();
+                let logits = self.forward_cached(tokens, None, &mut cache);
+                (last(logits), cache)
+            }
 
-    fn step(&self, tokens: Tensor<2, Int>, cache: &mut GptCache) -> Tensor<2> {
-        last(self.forward_cached(tokens, None, cache))
-    }
+            fn step(&self, tokens: Tensor<2, Int>, cache: &mut DecoderCache) -> Tensor<2> {
+                last(self.forward_cached(tokens, None, cache))
+            }
 
-    fn prefill_left_padded(
-        &self,
-        tokens: Tensor<2, Int>,
-        left_padding: &[usize],
-    ) -> Option<(Tensor<2>, GptCache)> {
-        let mut cache = GptCache::left_padded(left_padding.to_vec());
-        let logits = self.forward_cached(tokens, None, &mut cache);
-        Some((last(logits), cache))
-    }
+            fn prefill_left_padded(
+                &self,
+                tokens: Tensor<2, Int>,
+                left_padding: &[usize],
+            ) -> Option<(Tensor<2>, DecoderCache)> {
+                let mut cache = DecoderCache::left_padded(left_padding.to_vec());
+                let logits = self.forward_cached(tokens, None, &mut cache);
+                Some((last(logits), cache))
+            }
 
-    fn reorder(&self, cache: &mut GptCache, rows: &[usize]) {
-        if !cache.left_padding.is_empty() {
-            cache.left_padding = rows.iter().map(|&r| cache.left_padding[r]).collect();
+            fn reorder(&self, cache: &mut DecoderCache, rows: &[usize]) {
+                if !cache.left_padding.is_empty() {
+                    cache.left_padding = rows.iter().map(|&r| cache.left_padding[r]).collect();
+                }
+                reorder_blocks(&mut cache.blocks, rows);
+            }
         }
-        reorder_blocks(&mut cache.blocks, rows);
-    }
+    };
 }
+
+cached_decoder!(Gpt);
+cached_decoder!(Llama);
 
 impl Decoder for LstmLm {
     type State = LstmState;

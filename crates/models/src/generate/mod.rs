@@ -2,8 +2,8 @@
 //! temperature, top-k, top-p and a repetition penalty (HuggingFace `generate()` semantics),
 //! minimum/maximum new tokens, end-of-sequence ids, seeded randomness and streaming.
 //!
-//! Any model that implements [`Decoder`] can be driven: [`crate::gpt::Gpt`] (with its KV
-//! cache), [`crate::lstm_lm::LstmLm`] (with its carried state), a
+//! Any model that implements [`Decoder`] can be driven: [`crate::gpt::Gpt`] and
+//! [`crate::llama::Llama`] (with their KV caches), [`crate::lstm_lm::LstmLm`] (with its carried state), a
 //! [`crate::seq2seq::Seq2Seq`] through [`Seq2SeqDecoder`] (cached self- and
 //! cross-attention), and users' own models.
 //!
@@ -179,8 +179,8 @@ pub fn generate<M: Decoder>(
     run(model, prompts, config, device, None, on_token)
 }
 
-/// Token ids to text (a tokenizer's `decode`).
-pub type Detokenize = dyn Fn(&[u32]) -> String;
+/// Token ids to text (a tokenizer's `decode`); it may borrow the tokenizer.
+pub type Detokenize<'a> = dyn Fn(&[u32]) -> String + 'a;
 
 /// [`generate`] with a detokenizer (token ids to text, e.g. a tokenizer's `decode`), which
 /// `config.stop_strings` are matched against.
@@ -192,7 +192,7 @@ pub fn generate_with_detokenizer<M: Decoder>(
     prompts: &[Vec<u32>],
     config: &GenerationConfig,
     device: &Device,
-    detokenize: &Detokenize,
+    detokenize: &Detokenize<'_>,
     on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<Vec<u32>>, GenerationError> {
     run(model, prompts, config, device, Some(detokenize), on_token)
@@ -203,7 +203,7 @@ fn run<M: Decoder>(
     prompts: &[Vec<u32>],
     config: &GenerationConfig,
     device: &Device,
-    detokenize: Option<&Detokenize>,
+    detokenize: Option<&Detokenize<'_>>,
     mut on_token: impl FnMut(usize, u32),
 ) -> Result<Vec<Vec<u32>>, GenerationError> {
     config.validate()?;

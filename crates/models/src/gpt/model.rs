@@ -7,10 +7,10 @@ use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, 
 use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
 use lmforge_layers::position::{LearnedPositions, LearnedPositionsConfig};
 use lmforge_layers::transformer::{
-    BlockConfig, DecoderBlock, DecoderBlockCache, FeedForwardActivation, Norm, NormKind,
-    normal_linear,
+    BlockConfig, DecoderBlock, FeedForwardActivation, Norm, NormKind, normal_linear,
 };
 
+use crate::cache::DecoderCache;
 use crate::error::{ModelError, check, check_dropout};
 use crate::tokens::{assert_tokens, check_positions, tied_logits};
 
@@ -204,39 +204,9 @@ pub struct Gpt {
     config: GptConfig,
 }
 
-/// The per-block key/value caches of a [`Gpt`] for incremental decoding.
-#[derive(Clone, Debug, Default)]
-pub struct GptCache {
-    /// One cache per block.
-    pub blocks: Vec<DecoderBlockCache>,
-    /// Per row, the number of padding positions at the start of the sequence (left padding
-    /// for batched generation); empty = none. See [`GptCache::left_padded`].
-    pub left_padding: Vec<usize>,
-}
-
-impl GptCache {
-    /// A cache for a batch whose row `r` starts with `left_padding[r]` padding positions:
-    /// [`Gpt::forward_cached`] then masks those positions as keys and numbers each row's
-    /// positions from its first real token, so every row gives what it gives alone.
-    pub fn left_padded(left_padding: Vec<usize>) -> Self {
-        Self {
-            blocks: Vec::new(),
-            left_padding,
-        }
-    }
-
-    /// Number of positions cached so far.
-    pub fn len(&self) -> usize {
-        self.blocks
-            .first()
-            .map_or(0, |block| block.self_attention.len())
-    }
-
-    /// Whether nothing is cached.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
+/// The per-block key/value caches of a [`Gpt`] for incremental decoding (the
+/// [`DecoderCache`] shared with the Llama family).
+pub type GptCache = DecoderCache;
 
 impl Gpt {
     /// The configuration the model was built from.
@@ -347,37 +317,31 @@ impl Gpt {
         }
         assert_tokens("Gpt", &tokens, self.vocab_size());
         let device = tokens.device();
-        let left_padding = cache.as_ref().map_or(&[][..], |c| &c.left_padding[..]);
-        let (mask_pad, positions) = if left_padding.is_empty() {
-            (mask_pad, self.positions.forward(start, seq_length))
-        } else {
-            assert!(
-                left_padding.len() == batch_size && mask_pad.is_none(),
-                "Gpt: a left-padded cache needs one padding count per row ({batch_size}) and no `mask_pad`"
-            );
-            let end = start + seq_length;
-            let mask: Vec<bool> = left_padding
-                .iter()
-                .flat_map(|&pad| (0..end).map(move |c| c < pad))
-                .collect();
-            let ids: Vec<i64> = left_padding
-                .iter()
-                .flat_map(|&pad| (start..end).map(move |c| c.saturating_sub(pad) as i64))
-                .collect();
-            let ids = Tensor::<2, Int>::from_data(
-                TensorData::new(ids, [batch_size, seq_length]),
+        let layout = cache.as_ref().and_then(|c| {
+            c.left_padding_layout(
+                "Gpt",
+                batch_size,
+                start,
+                seq_length,
+                mask_pad.is_some(),
                 &device,
-            );
-            let mask =
-                Tensor::<2, Bool>::from_data(TensorData::new(mask, [batch_size, end]), &device);
-            (Some(mask), self.positions.embedding.forward(ids))
+            )
+        });
+        let (mask_pad, positions) = match layout {
+            None => (mask_pad, self.positions.forward(start, seq_length)),
+            Some((mask, positions)) => {
+                let ids: Vec<i64> = positions.into_iter().map(|p| p as i64).collect();
+                let ids = Tensor::<2, Int>::from_data(
+                    TensorData::new(ids, [batch_size, seq_length]),
+                    &device,
+                );
+                (Some(mask), self.positions.embedding.forward(ids))
+            }
         };
         let x = self.token_embedding.forward(tokens) + positions;
         let mut x = self.dropout.forward(x);
-        if let Some(cache) = cache.as_deref_mut()
-            && cache.blocks.len() != self.blocks.len()
-        {
-            cache.blocks = vec![DecoderBlockCache::default(); self.blocks.len()];
+        if let Some(cache) = cache.as_deref_mut() {
+            cache.ensure_blocks(self.blocks.len());
         }
         for (i, block) in self.blocks.iter().enumerate() {
             if let Some(states) = states.as_deref_mut() {

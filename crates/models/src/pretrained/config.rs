@@ -11,6 +11,8 @@ use crate::error::ModelError;
 #[derive(Debug, Clone)]
 pub(crate) struct HfConfig {
     path: PathBuf,
+    /// For a nested object: its field name and a dot, prefixed to field names in errors.
+    prefix: String,
     fields: Map<String, Value>,
 }
 
@@ -32,15 +34,34 @@ impl HfConfig {
         };
         Ok(Self {
             path: path.to_path_buf(),
+            prefix: String::new(),
             fields,
         })
+    }
+
+    /// An optional nested object (e.g. `rope_scaling`), read with the same accessors.
+    pub(crate) fn object(&self, field: &str) -> Result<Option<HfConfig>, ModelError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::Object(fields)) => Ok(Some(Self {
+                path: self.path.clone(),
+                prefix: format!("{}{field}.", self.prefix),
+                fields: fields.clone(),
+            })),
+            Some(value) => Err(self.error(field, format!("expected an object, got {value}"))),
+        }
+    }
+
+    /// Whether `field` is present (and not null).
+    pub(crate) fn has(&self, field: &str) -> bool {
+        self.get(field).is_some()
     }
 
     /// An error about `field`.
     pub(crate) fn error(&self, field: &str, reason: impl Into<String>) -> ModelError {
         ModelError::ConfigField {
             path: self.path.clone(),
-            field: field.to_string(),
+            field: format!("{}{field}", self.prefix),
             reason: reason.into(),
         }
     }

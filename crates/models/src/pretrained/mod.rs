@@ -1,12 +1,16 @@
 //! HuggingFace checkpoints: import (`config.json` + `model.safetensors`) and export with
 //! HuggingFace's tensor names, and lmforge's own checkpoint format.
 //!
-//! Supported classes: GPT-2 (`GPT2LMHeadModel`, `GPT2Model`) into [`crate::gpt::Gpt`], and
+//! Supported classes: GPT-2 (`GPT2LMHeadModel`, `GPT2Model`) into [`crate::gpt::Gpt`],
+//! `LlamaForCausalLM`, `MistralForCausalLM` and `Qwen2ForCausalLM` into
+//! [`crate::llama::Llama`], and
 //! BERT (`BertModel`, `BertForMaskedLM`, `BertForPreTraining`, `BertForNextSentencePrediction`,
 //! `BertForSequenceClassification`, `BertForTokenClassification`,
 //! `BertForQuestionAnswering`, names with or without the `bert.` prefix) into the types of
 //! [`crate::bert`]. Tied weights absent from the file (GPT-2's `lm_head`, BERT's MLM decoder)
 //! are taken from the embedding they are tied to. Half-precision files are widened to `f32`.
+//! Weights come from one `model.safetensors` or from the shards a
+//! `model.safetensors.index.json` lists.
 //!
 //! Import is strict: every weight the model needs must be present with the shape its config
 //! implies, and every tensor in the file must be used (known buffers such as BERT's
@@ -30,10 +34,14 @@ use crate::error::ModelError;
 pub const CONFIG_FILE: &str = "config.json";
 /// The weights file inside a HuggingFace model folder.
 pub const WEIGHTS_FILE: &str = "model.safetensors";
+/// The index of a sharded checkpoint (`weight_map`: tensor name -> shard file), read when
+/// [`WEIGHTS_FILE`] is absent.
+pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
 
 /// A model that reads and writes HuggingFace model folders.
 pub trait Pretrained: Sized {
-    /// Builds the model from `dir/config.json` and loads `dir/model.safetensors`.
+    /// Builds the model from `dir/config.json` and loads `dir/model.safetensors` (or the
+    /// shards listed in `dir/model.safetensors.index.json`).
     ///
     /// # Errors
     /// [`ModelError::FileMissing`], [`ModelError::NotSafetensors`],
@@ -119,9 +127,16 @@ pub(crate) fn check_config_size(
     }
 }
 
-/// Reads `dir/model.safetensors` (LayerNorm `gamma`/`beta` renamed to `weight`/`bias`).
+/// Reads `dir/model.safetensors`, or the shards listed by `dir/model.safetensors.index.json`
+/// when there is no single file (LayerNorm `gamma`/`beta` renamed to `weight`/`bias`).
 pub(crate) fn read_weights(dir: &Path) -> Result<Weights, ModelError> {
-    let mut weights = Weights::read(&dir.join(WEIGHTS_FILE))?;
+    let single = dir.join(WEIGHTS_FILE);
+    let index = dir.join(WEIGHTS_INDEX_FILE);
+    let mut weights = if !single.exists() && index.exists() {
+        Weights::read_sharded(&index)?
+    } else {
+        Weights::read(&single)?
+    };
     weights::rename_legacy_norms(&mut weights);
     Ok(weights)
 }

@@ -24,37 +24,72 @@ impl Weights {
     /// Reads every tensor of `path` (F32, F16, BF16 and F64 become F32; integer tensors, which
     /// are buffers such as BERT's `position_ids`, are kept as they are).
     pub(crate) fn read(path: &Path) -> Result<Self, ModelError> {
-        let bytes = read_file(path)?;
-        let file = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::NotSafetensors {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?;
         let mut tensors = BTreeMap::new();
-        for (name, view) in file.tensors() {
-            let dtype = match view.dtype() {
-                Dtype::F32 => Some(DType::F32),
-                Dtype::F16 => Some(DType::F16),
-                Dtype::BF16 => Some(DType::BF16),
-                Dtype::F64 => Some(DType::F64),
-                Dtype::I64 => Some(DType::I64),
-                Dtype::I32 => Some(DType::I32),
-                _ => None,
+        read_tensors(path, &mut tensors, |_| true)?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            tensors,
+            used: BTreeSet::new(),
+        })
+    }
+
+    /// Reads a sharded checkpoint: the index `path` (`model.safetensors.index.json`, whose
+    /// `weight_map` names the shard of every tensor) and the shards beside it. Every tensor
+    /// the index lists must be in its shard, and a shard's tensors that the index does not
+    /// assign to it are refused; errors name the index (and the shard).
+    pub(crate) fn read_sharded(path: &Path) -> Result<Self, ModelError> {
+        let bytes = read_file(path)?;
+        let index_error = |reason: String| ModelError::NotSafetensors {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let index: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| index_error(format!("index is not valid JSON: {e}")))?;
+        let Some(map) = index.get("weight_map").and_then(|m| m.as_object()) else {
+            return Err(index_error("index has no `weight_map` object".into()));
+        };
+        let mut shards: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        for (name, shard) in map {
+            let Some(shard) = shard.as_str() else {
+                return Err(index_error(format!(
+                    "`weight_map.{name}` is not a file name"
+                )));
             };
-            let Some(dtype) = dtype else {
-                return Err(ModelError::UnsupportedDtype {
-                    path: path.to_path_buf(),
-                    name,
-                    dtype: format!("{:?}", view.dtype()),
+            // Shards live beside the index: no paths that leave the folder.
+            if shard.is_empty() || shard.contains(['/', '\\']) || shard == ".." {
+                return Err(index_error(format!(
+                    "`weight_map.{name}`: shard `{shard}` is not a file name in the folder"
+                )));
+            }
+            shards
+                .entry(shard.to_string())
+                .or_default()
+                .insert(name.clone());
+        }
+        let dir = path.parent().unwrap_or(Path::new("."));
+        let mut tensors = BTreeMap::new();
+        for (shard, names) in &shards {
+            let shard_path = dir.join(shard);
+            let mut unlisted = Vec::new();
+            read_tensors(&shard_path, &mut tensors, |name| {
+                let listed = names.contains(name);
+                if !listed {
+                    unlisted.push(name.to_string());
+                }
+                listed
+            })?;
+            if !unlisted.is_empty() {
+                return Err(ModelError::UnexpectedKeys {
+                    path: shard_path,
+                    names: unlisted,
                 });
-            };
-            let data =
-                TensorData::from_bytes_vec(view.data().to_vec(), view.shape().to_vec(), dtype);
-            let data = if matches!(dtype, DType::I64 | DType::I32) {
-                data
-            } else {
-                data.convert_dtype(DType::F32)
-            };
-            tensors.insert(name, data);
+            }
+            if let Some(name) = names.iter().find(|n| !tensors.contains_key(*n)) {
+                return Err(ModelError::MissingKey {
+                    path: shard_path,
+                    name: name.clone(),
+                });
+            }
         }
         Ok(Self {
             path: path.to_path_buf(),
@@ -171,6 +206,49 @@ impl Weights {
     pub(crate) fn names(&self) -> impl Iterator<Item = String> + '_ {
         self.tensors.keys().cloned()
     }
+}
+
+/// Reads the tensors of one safetensors file into `tensors` (floats as F32, integer buffers
+/// as they are), skipping those `keep` refuses.
+fn read_tensors(
+    path: &Path,
+    tensors: &mut BTreeMap<String, TensorData>,
+    mut keep: impl FnMut(&str) -> bool,
+) -> Result<(), ModelError> {
+    let bytes = read_file(path)?;
+    let file = SafeTensors::deserialize(&bytes).map_err(|e| ModelError::NotSafetensors {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })?;
+    for (name, view) in file.tensors() {
+        if !keep(&name) {
+            continue;
+        }
+        let dtype = match view.dtype() {
+            Dtype::F32 => Some(DType::F32),
+            Dtype::F16 => Some(DType::F16),
+            Dtype::BF16 => Some(DType::BF16),
+            Dtype::F64 => Some(DType::F64),
+            Dtype::I64 => Some(DType::I64),
+            Dtype::I32 => Some(DType::I32),
+            _ => None,
+        };
+        let Some(dtype) = dtype else {
+            return Err(ModelError::UnsupportedDtype {
+                path: path.to_path_buf(),
+                name,
+                dtype: format!("{:?}", view.dtype()),
+            });
+        };
+        let data = TensorData::from_bytes_vec(view.data().to_vec(), view.shape().to_vec(), dtype);
+        let data = if matches!(dtype, DType::I64 | DType::I32) {
+            data
+        } else {
+            data.convert_dtype(DType::F32)
+        };
+        tensors.insert(name, data);
+    }
+    Ok(())
 }
 
 /// Reads a whole file, with typed errors for a missing file and other I/O failures.
