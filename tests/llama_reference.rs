@@ -197,16 +197,22 @@ fn cached_decoding_equals_full_recompute() {
 }
 
 /// `save_pretrained` writes a folder that loads back to identical logits, and HuggingFace's
-/// config fields (family, heads, rotary scaling, window, tying).
+/// config fields (family, heads, rotary scaling, window, tying). With `LMFORGE_KEEP_EXPORT`
+/// set to a folder, the exports are kept there (`<case>/`) for
+/// `tests/fixtures/gen_llama.py --check-export`, which loads them with HuggingFace.
 #[test]
 fn export_then_import_gives_identical_logits() {
     let device = reference_device();
+    let keep = std::env::var_os("LMFORGE_KEEP_EXPORT").map(PathBuf::from);
     for case in ["llama_gqa", "mistral_window", "qwen2_tied"] {
         let model = load(case);
-        let dir = std::env::temp_dir().join(format!(
-            "lmforge-llama-export-{case}-{}",
-            std::process::id()
-        ));
+        let dir = match &keep {
+            Some(root) => root.join(case),
+            None => std::env::temp_dir().join(format!(
+                "lmforge-llama-export-{case}-{}",
+                std::process::id()
+            )),
+        };
         model.save_pretrained(&dir).unwrap();
         let again = Llama::from_pretrained(&dir, device).unwrap();
         let tokens = Tensor::<2, Int>::from_ints([[1, 5, 9, 33, 60, 2, 7]], device);
@@ -226,7 +232,9 @@ fn export_then_import_gives_identical_logits() {
         ] {
             assert_eq!(config[field], original[field], "{case}: {field}");
         }
-        std::fs::remove_dir_all(&dir).unwrap();
+        if keep.is_none() {
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 }
 
