@@ -42,7 +42,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use lmforge::data::batcher::BatcherConfig;
 use lmforge::data::tokenizer::Encoding;
 use lmforge::models::bert::{BertConfig, BertInput};
-use lmforge::models::generate::{GenerationConfig, generate};
+use lmforge::models::generate::{Decoder, GenerationConfig, generate};
 use lmforge::models::gpt::GptConfig;
 use lmforge::models::llama::LlamaConfig;
 use lmforge::models::lstm_lm::LstmLmConfig;
@@ -371,20 +371,31 @@ fn bert_mlm_train(device: &Device, options: &Options) -> Result<Measurement> {
     Ok(timing.measurement("bert-mlm-train", &device, batch * seq, config))
 }
 
+/// Times greedy generation of exactly `new` tokens after `prompt` (one row).
+fn time_greedy<M: Decoder>(
+    model: &M,
+    prompt: &[Vec<u32>],
+    new: usize,
+    device: &Device,
+    options: &Options,
+) -> Result<Timing> {
+    let config = GenerationConfig::new()
+        .with_max_new_tokens(new)
+        .with_min_new_tokens(new);
+    time(device, options, || {
+        let out = generate(model, prompt, &config, device, |_, _| {})?;
+        anyhow::ensure!(out[0].len() == new, "generated {} tokens", out[0].len());
+        Ok(())
+    })
+}
+
 fn gpt_generate(device: &Device, options: &Options) -> Result<Measurement> {
     let s = gpt_shape(options);
     let (prompt_length, new) = if options.tiny { (4, 8) } else { (16, 256) };
     device.seed(0);
     let model = s.config(512.max(prompt_length + new)).init(device)?;
     let prompt = token_rows(1, prompt_length, s.vocab, 4);
-    let config = GenerationConfig::new()
-        .with_max_new_tokens(new)
-        .with_min_new_tokens(new);
-    let timing = time(device, options, || {
-        let out = generate(&model, &prompt, &config, device, |_, _| {})?;
-        anyhow::ensure!(out[0].len() == new, "generated {} tokens", out[0].len());
-        Ok(())
-    })?;
+    let timing = time_greedy(&model, &prompt, new, device, options)?;
     let mut json = s.json();
     json["batch"] = json!(1);
     json["prompt"] = json!(prompt_length);
@@ -409,14 +420,7 @@ fn llama_generate(device: &Device, options: &Options) -> Result<Measurement> {
         .with_max_seq_length(2048)
         .init(device)?;
     let prompt = token_rows(1, prompt_length, vocab, 5);
-    let config = GenerationConfig::new()
-        .with_max_new_tokens(new)
-        .with_min_new_tokens(new);
-    let timing = time(device, options, || {
-        let out = generate(&model, &prompt, &config, device, |_, _| {})?;
-        anyhow::ensure!(out[0].len() == new, "generated {} tokens", out[0].len());
-        Ok(())
-    })?;
+    let timing = time_greedy(&model, &prompt, new, device, options)?;
     let json = json!({"vocab": vocab, "width": width, "layers": layers, "heads": heads,
                       "kv_heads": kv_heads, "ffn": ffn, "batch": 1, "prompt": prompt_length,
                       "new_tokens": new, "dtype": "f32"});

@@ -4,7 +4,7 @@
 use burn::config::Config;
 use burn::tensor::{Device, Tensor, TensorData};
 
-use super::rotary::RotaryStyle;
+use super::rotary::{RotaryStyle, rotate_pairs};
 use crate::error::{LayerError, check};
 
 /// How the rotary frequencies are rescaled for contexts longer than the model was trained on
@@ -172,7 +172,7 @@ impl Rope {
     /// # Panics
     /// When the last dimension of `x` is not `d_head` or `positions` has another length.
     pub fn apply(&self, x: Tensor<4>, positions: &[usize]) -> Tensor<4> {
-        let [batch_size, n_heads, seq_length, d_head] = x.dims();
+        let [batch_size, _, seq_length, d_head] = x.dims();
         assert_eq!(
             d_head,
             self.d_head(),
@@ -194,23 +194,7 @@ impl Rope {
         let dtype = x.dtype();
         let cos = cos.cast(dtype);
         let sin = sin.cast(dtype);
-        let rotated = match self.style {
-            RotaryStyle::HalfSplit => {
-                let half = d_head / 2;
-                let first = x.clone().narrow(3, 0, half);
-                let second = x.clone().narrow(3, half, half);
-                Tensor::cat(vec![second.neg(), first], 3)
-            }
-            RotaryStyle::Interleaved => {
-                let pairs = x
-                    .clone()
-                    .reshape([batch_size, n_heads, seq_length, d_head / 2, 2]);
-                let even = pairs.clone().narrow(4, 0, 1);
-                let odd = pairs.narrow(4, 1, 1);
-                Tensor::cat(vec![odd.neg(), even], 4)
-                    .reshape([batch_size, n_heads, seq_length, d_head])
-            }
-        };
+        let rotated = rotate_pairs(x.clone(), self.style);
         x * cos + rotated * sin
     }
 

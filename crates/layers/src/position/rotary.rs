@@ -102,7 +102,7 @@ impl RotaryEncoding {
     /// # Panics
     /// When the last dimension is not `d_head` or the positions exceed `max_seq_length`.
     pub fn apply(&self, x: Tensor<4>, start: usize) -> Tensor<4> {
-        let [batch_size, n_heads, seq_length, d_head] = x.dims();
+        let [_, _, seq_length, d_head] = x.dims();
         let [max_seq_length, d_table] = self.cos.dims();
         assert_eq!(
             d_head, d_table,
@@ -118,23 +118,29 @@ impl RotaryEncoding {
                 .narrow(0, start, seq_length)
                 .reshape([1, 1, seq_length, d_head])
         };
-        let rotated = match self.style {
-            RotaryStyle::HalfSplit => {
-                let half = d_head / 2;
-                let first = x.clone().narrow(3, 0, half);
-                let second = x.clone().narrow(3, half, half);
-                Tensor::cat(vec![second.neg(), first], 3)
-            }
-            RotaryStyle::Interleaved => {
-                let pairs = x
-                    .clone()
-                    .reshape([batch_size, n_heads, seq_length, d_head / 2, 2]);
-                let even = pairs.clone().narrow(4, 0, 1);
-                let odd = pairs.narrow(4, 1, 1);
-                Tensor::cat(vec![odd.neg(), even], 4)
-                    .reshape([batch_size, n_heads, seq_length, d_head])
-            }
-        };
+        let rotated = rotate_pairs(x.clone(), self.style);
         x * table(&self.cos) + rotated * table(&self.sin)
+    }
+}
+
+/// Maps each rotated pair `(a, b)` of `x` to `(-b, a)`, pairing dimensions by `style`.
+///
+/// # Shapes
+/// - `x`: `[batch_size, n_heads, seq_length, d_head]`; returns the same shape
+pub(super) fn rotate_pairs(x: Tensor<4>, style: RotaryStyle) -> Tensor<4> {
+    let [batch_size, n_heads, seq_length, d_head] = x.dims();
+    match style {
+        RotaryStyle::HalfSplit => {
+            let half = d_head / 2;
+            let first = x.clone().narrow(3, 0, half);
+            let second = x.narrow(3, half, half);
+            Tensor::cat(vec![second.neg(), first], 3)
+        }
+        RotaryStyle::Interleaved => {
+            let pairs = x.reshape([batch_size, n_heads, seq_length, d_head / 2, 2]);
+            let even = pairs.clone().narrow(4, 0, 1);
+            let odd = pairs.narrow(4, 1, 1);
+            Tensor::cat(vec![odd.neg(), even], 4).reshape([batch_size, n_heads, seq_length, d_head])
+        }
     }
 }
