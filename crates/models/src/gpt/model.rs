@@ -10,9 +10,9 @@ use lmforge_layers::transformer::{
     BlockConfig, DecoderBlock, FeedForwardActivation, Norm, NormKind, normal_linear,
 };
 
-use crate::cache::DecoderCache;
+use crate::cache::{DecoderCache, DecoderInputs};
 use crate::error::{ModelError, check, check_dropout};
-use crate::tokens::{assert_tokens, check_positions, tied_logits};
+use crate::tokens::tied_logits;
 
 /// Configuration of a [`Gpt`].
 #[derive(Config, Debug)]
@@ -301,59 +301,27 @@ impl Gpt {
         tokens: Tensor<2, Int>,
         mask_pad: Option<Tensor<2, Bool>>,
         mut cache: Option<&mut GptCache>,
-        mut states: Option<&mut Vec<Tensor<3>>>,
+        states: Option<&mut Vec<Tensor<3>>>,
     ) -> Tensor<3> {
         let [batch_size, seq_length] = tokens.dims();
-        let start = cache.as_ref().map_or(0, |c| c.len());
-        check_positions("Gpt", start, seq_length, self.max_seq_length());
-        if let Some(mask) = &mask_pad {
-            assert_eq!(
-                mask.dims(),
-                [batch_size, start + seq_length],
-                "Gpt: `mask_pad` has shape {:?}, expected [{batch_size}, {}] (cached + new positions)",
-                mask.dims(),
-                start + seq_length
-            );
-        }
-        assert_tokens("Gpt", &tokens, self.vocab_size());
-        let device = tokens.device();
-        let layout = cache.as_ref().and_then(|c| {
-            c.left_padding_layout(
-                "Gpt",
-                batch_size,
-                start,
-                seq_length,
-                mask_pad.is_some(),
-                &device,
-            )
-        });
-        let (mask_pad, positions) = match layout {
-            None => (mask_pad, self.positions.forward(start, seq_length)),
-            Some((mask, positions)) => {
+        let dims = [self.blocks.len(), self.max_seq_length(), self.vocab_size()];
+        let mut inputs = DecoderInputs::check("Gpt", &tokens, mask_pad, cache.as_deref_mut(), dims);
+        // Left-padded rows' positions select learned embeddings here (GPT's blocks have no
+        // rotary embeddings to pass them to).
+        let positions = match inputs.positions.take() {
+            None => self.positions.forward(inputs.start, seq_length),
+            Some(positions) => {
                 let ids: Vec<i64> = positions.into_iter().map(|p| p as i64).collect();
                 let ids = Tensor::<2, Int>::from_data(
                     TensorData::new(ids, [batch_size, seq_length]),
-                    &device,
+                    &tokens.device(),
                 );
-                (Some(mask), self.positions.embedding.forward(ids))
+                self.positions.embedding.forward(ids)
             }
         };
         let x = self.token_embedding.forward(tokens) + positions;
-        let mut x = self.dropout.forward(x);
-        if let Some(cache) = cache.as_deref_mut() {
-            cache.ensure_blocks(self.blocks.len());
-        }
-        for (i, block) in self.blocks.iter().enumerate() {
-            if let Some(states) = states.as_deref_mut() {
-                states.push(x.clone());
-            }
-            x = match cache.as_deref_mut() {
-                Some(cache) => {
-                    block.forward_cached(x, mask_pad.clone(), None, &mut cache.blocks[i])
-                }
-                None => block.forward(x, mask_pad.clone(), None),
-            };
-        }
+        let x = self.dropout.forward(x);
+        let x = inputs.run_blocks(&self.blocks, x, cache, states);
         self.norm.forward(x)
     }
 }

@@ -10,9 +10,9 @@ use lmforge_layers::transformer::{
     BlockConfig, DecoderBlock, FeedForwardActivation, Norm, NormKind, normal_linear,
 };
 
-use crate::cache::DecoderCache;
+use crate::cache::{DecoderCache, DecoderInputs};
 use crate::error::{ModelError, check, check_dropout};
-use crate::tokens::{assert_tokens, check_positions, tied_logits};
+use crate::tokens::tied_logits;
 
 /// Which HuggingFace architecture a [`LlamaConfig`] describes: they share one skeleton and
 /// differ in options (biases, sliding window, tying) and in their names on export.
@@ -326,47 +326,12 @@ impl Llama {
         tokens: Tensor<2, Int>,
         mask_pad: Option<Tensor<2, Bool>>,
         mut cache: Option<&mut LlamaCache>,
-        mut states: Option<&mut Vec<Tensor<3>>>,
+        states: Option<&mut Vec<Tensor<3>>>,
     ) -> Tensor<3> {
-        let [batch_size, seq_length] = tokens.dims();
-        let start = cache.as_ref().map_or(0, |c| c.len());
-        check_positions("Llama", start, seq_length, self.max_seq_length());
-        if let Some(mask) = &mask_pad {
-            assert_eq!(
-                mask.dims(),
-                [batch_size, start + seq_length],
-                "Llama: `mask_pad` has shape {:?}, expected [{batch_size}, {}] (cached + new positions)",
-                mask.dims(),
-                start + seq_length
-            );
-        }
-        assert_tokens("Llama", &tokens, self.vocab_size());
-        let device = tokens.device();
-        let layout = cache.as_ref().and_then(|c| {
-            c.left_padding_layout(
-                "Llama",
-                batch_size,
-                start,
-                seq_length,
-                mask_pad.is_some(),
-                &device,
-            )
-        });
-        let (mask_pad, positions) = match layout {
-            Some((mask, positions)) => (Some(mask), Some(positions)),
-            None => (mask_pad, None),
-        };
-        let mut x = self.token_embedding.forward(tokens);
-        if let Some(cache) = cache.as_deref_mut() {
-            cache.ensure_blocks(self.blocks.len());
-        }
-        for (i, block) in self.blocks.iter().enumerate() {
-            if let Some(states) = states.as_deref_mut() {
-                states.push(x.clone());
-            }
-            let block_cache = cache.as_deref_mut().map(|c| &mut c.blocks[i]);
-            x = block.forward_at(x, mask_pad.clone(), positions.clone(), block_cache);
-        }
+        let dims = [self.blocks.len(), self.max_seq_length(), self.vocab_size()];
+        let inputs = DecoderInputs::check("Llama", &tokens, mask_pad, cache.as_deref_mut(), dims);
+        let x = self.token_embedding.forward(tokens);
+        let x = inputs.run_blocks(&self.blocks, x, cache, states);
         self.norm.forward(x)
     }
 }
