@@ -166,21 +166,26 @@ def bert_mlm_train(args):
                        s["batch"] * s["seq"], s)
 
 
-def gpt_generate(args):
-    s = gpt_shape(args)
-    prompt_length, new = 16, 256
-    model = gpt_model(s, max(512, prompt_length + new)).eval()
-    prompt = torch.tensor(token_rows(1, prompt_length, s["vocab"], 4))
+def timed_greedy(args, model, prompt, new):
+    """Times HuggingFace generate(): greedy, KV cache, exactly `new` tokens after `prompt`."""
     kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, num_beams=1,
                   use_cache=True, pad_token_id=0, attention_mask=torch.ones_like(prompt))
 
     def run():
         with torch.inference_mode():
             out = model.generate(prompt, **kwargs)
-        assert out.shape[1] == prompt_length + new
+        assert out.shape[1] == prompt.shape[1] + new
 
+    return timed(args, run)
+
+
+def gpt_generate(args):
+    s = gpt_shape(args)
+    prompt_length, new = 16, 256
+    model = gpt_model(s, max(512, prompt_length + new)).eval()
+    prompt = torch.tensor(token_rows(1, prompt_length, s["vocab"], 4))
     config = dict(s, batch=1, prompt=prompt_length, new_tokens=new)
-    return measurement(args, "gpt-generate", timed(args, run), new, config)
+    return measurement(args, "gpt-generate", timed_greedy(args, model, prompt, new), new, config)
 
 
 def llama_generate(args):
@@ -196,16 +201,9 @@ def llama_generate(args):
                          max_position_embeddings=2048, tie_word_embeddings=False)
     model = LlamaForCausalLM(config).eval()
     prompt = torch.tensor(token_rows(1, prompt_length, s["vocab"], 5))
-    kwargs = dict(max_new_tokens=new, min_new_tokens=new, do_sample=False, num_beams=1,
-                  use_cache=True, pad_token_id=0, attention_mask=torch.ones_like(prompt))
-
-    def run():
-        with torch.inference_mode():
-            out = model.generate(prompt, **kwargs)
-        assert out.shape[1] == prompt_length + new
-
     config = dict(s, batch=1, prompt=prompt_length, new_tokens=new, dtype="f32")
-    return measurement(args, "llama-generate", timed(args, run), new, config)
+    return measurement(args, "llama-generate", timed_greedy(args, model, prompt, new), new,
+                       config)
 
 
 def minilm_forward(args):
