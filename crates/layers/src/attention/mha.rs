@@ -1,5 +1,7 @@
 //! Multi-head attention with padding and causal masks, a KV cache and optional probabilities.
 
+use std::borrow::Cow;
+
 use burn::config::Config;
 use burn::module::{Module, Param, ParamId};
 use burn::nn::{Dropout, DropoutConfig, Linear};
@@ -348,19 +350,41 @@ impl MultiHeadAttention {
             .swap_dims(1, 2)
     }
 
-    /// Rotates queries or keys `[batch_size, heads, seq, d_head]` for their positions: those
-    /// of the input, or `past..past + seq`.
-    fn rotate(&self, x: Tensor<4>, input: &AttentionInput, past: usize) -> Tensor<4> {
+    /// The rotary positions of `seq` new queries: those of the input, or `past..past + seq`.
+    fn positions<'a>(input: &'a AttentionInput, past: usize, seq: usize) -> Cow<'a, [usize]> {
+        match &input.positions {
+            Some(positions) => Cow::Borrowed(positions.as_slice()),
+            None => Cow::Owned((past..past + seq).collect()),
+        }
+    }
+
+    /// Rotates queries `[batch_size, n_heads, seq, d_head]` for their positions (cross-attention:
+    /// the memory's keys are not rotated).
+    fn rotate_query(&self, q: Tensor<4>, input: &AttentionInput, past: usize) -> Tensor<4> {
         match &self.rotary {
-            None => x,
-            Some(rope) => match &input.positions {
-                Some(positions) => rope.apply(x, positions),
-                None => {
-                    let seq = x.dims()[2];
-                    let positions: Vec<usize> = (past..past + seq).collect();
-                    rope.apply(x, &positions)
-                }
-            },
+            None => q,
+            Some(rope) => {
+                let positions = Self::positions(input, past, q.dims()[2]);
+                rope.apply(q, &positions)
+            }
+        }
+    }
+
+    /// Rotates queries and keys (`[batch_size, n_kv_heads, seq, d_head]`) of the same
+    /// positions, the angles computed once.
+    fn rotate_query_key(
+        &self,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        input: &AttentionInput,
+        past: usize,
+    ) -> (Tensor<4>, Tensor<4>) {
+        match &self.rotary {
+            None => (q, k),
+            Some(rope) => {
+                let positions = Self::positions(input, past, q.dims()[2]);
+                rope.apply_pair(q, k, &positions)
+            }
         }
     }
 
@@ -388,11 +412,10 @@ impl MultiHeadAttention {
     /// the expected and actual shape).
     pub fn forward(&self, input: AttentionInput) -> AttentionOutput {
         let (q, k, v) = self.project(&input);
-        let q = self.rotate(q, &input, 0);
-        let k = if input.memory.is_none() {
-            self.rotate(k, &input, 0)
+        let (q, k) = if input.memory.is_none() {
+            self.rotate_query_key(q, k, &input, 0)
         } else {
-            k
+            (self.rotate_query(q, &input, 0), k)
         };
         self.attend(q, k, v, &input, 0)
     }
@@ -412,17 +435,22 @@ impl MultiHeadAttention {
         let is_cross = input.memory.is_some();
         let q = self.split_heads(self.checked_query(&input));
         let past = if is_cross { 0 } else { cache.len() };
-        let q = self.rotate(q, &input, past);
-        let (k, v, past) = if is_cross {
+        let (q, k, v, past) = if is_cross {
             if cache.key.is_none() {
                 let (k, v) = self.project_memory(&input);
                 cache.key = Some(k);
                 cache.value = Some(v);
             }
-            (cache.key.clone().unwrap(), cache.value.clone().unwrap(), 0)
+            let q = self.rotate_query(q, &input, 0);
+            (
+                q,
+                cache.key.clone().unwrap(),
+                cache.value.clone().unwrap(),
+                0,
+            )
         } else {
             let (k_new, v_new) = self.project_memory(&input);
-            let k_new = self.rotate(k_new, &input, past);
+            let (q, k_new) = self.rotate_query_key(q, k_new, &input, past);
             let (k, v) = match (cache.key.take(), cache.value.take()) {
                 (Some(k), Some(v)) => (
                     Tensor::cat(vec![k, k_new], 2),
@@ -432,7 +460,7 @@ impl MultiHeadAttention {
             };
             cache.key = Some(k.clone());
             cache.value = Some(v.clone());
-            (k, v, past)
+            (q, k, v, past)
         };
         self.attend(q, k, v, &input, past)
     }

@@ -172,6 +172,45 @@ impl Rope {
     /// # Panics
     /// When the last dimension of `x` is not `d_head` or `positions` has another length.
     pub fn apply(&self, x: Tensor<4>, positions: &[usize]) -> Tensor<4> {
+        let (cos, sin) = self.tables_for(&x, positions);
+        self.rotate(x, cos, sin)
+    }
+
+    /// Rotates queries and keys of the same positions, computing the angles once.
+    ///
+    /// # Shapes
+    /// - `q`: `[batch_size, n_heads, seq_length, d_head]`, `k`: `[batch_size, n_kv_heads,
+    ///   seq_length, d_head]`
+    /// - `positions`: as in [`Self::apply`]
+    /// - returns: `q` and `k` rotated, in their shapes
+    ///
+    /// # Panics
+    /// As [`Self::apply`], or when `q` and `k` differ in batch size or length.
+    pub fn apply_pair(
+        &self,
+        q: Tensor<4>,
+        k: Tensor<4>,
+        positions: &[usize],
+    ) -> (Tensor<4>, Tensor<4>) {
+        let ([qb, _, qs, _], [kb, _, ks, _]) = (q.dims(), k.dims());
+        assert_eq!(
+            (qb, qs),
+            (kb, ks),
+            "Rope: queries and keys differ in batch size or length"
+        );
+        let (cos, sin) = self.tables_for(&q, positions);
+        let q = self.rotate(q, cos.clone(), sin.clone());
+        (q, self.rotate(k, cos, sin))
+    }
+
+    /// `x ⊙ cos + rotate(x) ⊙ sin`.
+    fn rotate(&self, x: Tensor<4>, cos: Tensor<4>, sin: Tensor<4>) -> Tensor<4> {
+        let rotated = rotate_pairs(x.clone(), self.style);
+        x * cos + rotated * sin
+    }
+
+    /// The cosines and sines for `positions` in the dtype of `x`, after checking both.
+    fn tables_for(&self, x: &Tensor<4>, positions: &[usize]) -> (Tensor<4>, Tensor<4>) {
         let [batch_size, _, seq_length, d_head] = x.dims();
         assert_eq!(
             d_head,
@@ -192,10 +231,7 @@ impl Rope {
         };
         let (cos, sin) = self.tables(positions, rows, seq_length, &x.device());
         let dtype = x.dtype();
-        let cos = cos.cast(dtype);
-        let sin = sin.cast(dtype);
-        let rotated = rotate_pairs(x.clone(), self.style);
-        x * cos + rotated * sin
+        (cos.cast(dtype), sin.cast(dtype))
     }
 
     /// Cosines and sines, `[rows, 1, seq_length, d_head]`.
