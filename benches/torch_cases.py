@@ -19,6 +19,7 @@ import torch
 from transformers import BertConfig, BertForMaskedLM, BertModel, GPT2Config, GPT2LMHeadModel
 
 CASES = ["gpt-train", "lstm-train", "bert-mlm-train", "gpt-generate", "llama-generate",
+         "llama-generate-bf16",
          "minilm-forward", "matmul"]
 
 
@@ -188,9 +189,10 @@ def gpt_generate(args):
     return measurement(args, "gpt-generate", timed_greedy(args, model, prompt, new), new, config)
 
 
-def llama_generate(args):
-    """HuggingFace LlamaForCausalLM (sdpa attention, f32) generate() with the same sizes as
-    lmforge's case (random weights, a random prompt of the same length)."""
+def llama_generate(args, dtype="f32"):
+    """HuggingFace LlamaForCausalLM (sdpa attention) generate() with the same sizes as
+    lmforge's case (random weights, a random prompt of the same length), in f32 or with the
+    model in bf16 (`model.to(torch.bfloat16)`, as `from_pretrained(dtype=torch.bfloat16)`)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     s = {"vocab": 32000, "width": 768, "layers": 8, "heads": 12, "kv_heads": 4, "ffn": 2048}
@@ -200,10 +202,13 @@ def llama_generate(args):
                          num_key_value_heads=s["kv_heads"], intermediate_size=s["ffn"],
                          max_position_embeddings=2048, tie_word_embeddings=False)
     model = LlamaForCausalLM(config).eval()
+    case = "llama-generate"
+    if dtype == "bf16":
+        model = model.to(torch.bfloat16)
+        case = "llama-generate-bf16"
     prompt = torch.tensor(token_rows(1, prompt_length, s["vocab"], 5))
-    config = dict(s, batch=1, prompt=prompt_length, new_tokens=new, dtype="f32")
-    return measurement(args, "llama-generate", timed_greedy(args, model, prompt, new), new,
-                       config)
+    config = dict(s, batch=1, prompt=prompt_length, new_tokens=new, dtype=dtype)
+    return measurement(args, case, timed_greedy(args, model, prompt, new), new, config)
 
 
 def minilm_forward(args):
@@ -255,6 +260,7 @@ def main():
     functions = {"gpt-train": gpt_train, "lstm-train": lstm_train,
                  "bert-mlm-train": bert_mlm_train, "gpt-generate": gpt_generate,
                  "llama-generate": llama_generate,
+                 "llama-generate-bf16": lambda a: llama_generate(a, "bf16"),
                  "minilm-forward": minilm_forward, "matmul": matmul}
     for case in CASES if args.case == "all" else [args.case]:
         if case not in functions:

@@ -138,6 +138,104 @@ fn generation_equals_huggingface_generate() {
     }
 }
 
+/// Parameters kept in half precision. The bf16 file loaded with its own dtype keeps bf16
+/// parameters (half the bytes of f32) and, since bf16 values widen exactly and the
+/// activations are f32, gives HuggingFace's f32 numbers for that file: every hidden state and
+/// the logits within 1e-4, greedy tokens equal to `generate()`, on every device that stores
+/// bf16 (flex through lmforge's kernel, without autodiff); a device that does not is a typed
+/// error. An f32 file loaded as f16 equals the f32 model with its weights rounded to f16
+/// (burn's cast and product) within 1e-4.
+#[test]
+fn half_precision_parameters_keep_their_dtype() {
+    use burn::tensor::DType;
+    use lmforge::models::pretrained::ParamDtype;
+
+    let fixture = fixture("llama_bf16");
+    let prompt = ints(fixture.get("input.prompt"));
+    let tolerance = Tolerance::absolute(1e-4);
+    let mut ran = 0;
+    for selected in test_devices() {
+        let device = &selected.device;
+        eprintln!(
+            "{selected}: stores f16 {}, bf16 {}",
+            device.supports_dtype(DType::F16),
+            device.supports_dtype(DType::BF16)
+        );
+        let loaded = Llama::from_pretrained_as(folder("llama_bf16"), device, ParamDtype::File);
+        if !device.supports_dtype(DType::BF16) {
+            assert!(
+                matches!(loaded, Err(ModelError::DtypeNotSupported { .. })),
+                "{selected}: expected DtypeNotSupported, got {:?}",
+                loaded.map(|m| m.param_dtype())
+            );
+            continue;
+        }
+        let model = loaded.unwrap_or_else(|e| panic!("{selected}: {e}"));
+        assert_eq!(model.param_dtype(), DType::BF16, "{selected}");
+        let f32_model = load("llama_bf16");
+        assert_eq!(
+            model.num_params(),
+            f32_model.num_params(),
+            "{selected}: same parameters"
+        );
+        fixture.assert_close(&run(&model, &fixture, device), "output.", tolerance);
+        let greedy = GenerationConfig::new()
+            .with_max_new_tokens(20)
+            .with_min_new_tokens(20)
+            .with_eos_token_ids(vec![2]);
+        let out = generate(
+            &model,
+            std::slice::from_ref(&prompt),
+            &greedy,
+            device,
+            |_, _| {},
+        )
+        .unwrap();
+        assert_eq!(out[0], ints(fixture.get("generate.greedy")), "{selected}");
+        ran += 1;
+    }
+    assert!(ran > 0, "no test device stores bf16");
+
+    // f16 parameters from an f32 file, against f32 parameters rounded the same way, on every
+    // device that stores f16.
+    let fixture = self::fixture("llama_gqa");
+    let exact = load("llama_gqa");
+    let rounded = exact
+        .clone()
+        .with_param_dtype(DType::F16)
+        .and_then(|m| m.with_param_dtype(DType::F32))
+        .unwrap();
+    assert_eq!(rounded.param_dtype(), DType::F32);
+    let mut ran = 0;
+    for selected in test_devices() {
+        let device = &selected.device;
+        let loaded = Llama::from_pretrained_as(folder("llama_gqa"), device, ParamDtype::F16);
+        if !device.supports_dtype(DType::F16) {
+            assert!(
+                matches!(loaded, Err(ModelError::DtypeNotSupported { .. })),
+                "{selected}: f16 should be refused"
+            );
+            continue;
+        }
+        let half = loaded.unwrap_or_else(|e| panic!("{selected}: {e}"));
+        assert_eq!(half.param_dtype(), DType::F16);
+        let want = run(&rounded.clone().fork(device), &fixture, device);
+        let got = run(&half, &fixture, device);
+        let problems = got.mismatches(&want, tolerance, "f16 parameters", "rounded f32");
+        assert!(problems.is_empty(), "{selected}: {problems:#?}");
+        // Rounding to f16 changed the function (the comparison above is not vacuous).
+        let exact = run(&exact.clone().fork(device), &fixture, device);
+        assert!(
+            !exact
+                .mismatches(&want, tolerance, "f32", "rounded f32")
+                .is_empty(),
+            "{selected}: f16 rounding left the outputs within the tolerance"
+        );
+        ran += 1;
+    }
+    assert!(ran > 0, "no test device stores f16");
+}
+
 /// Decoding one position at a time through the cache (the cache holding the key/value heads
 /// only) gives the logits of one forward pass over the whole sequence; also past the
 /// sliding window, and for a left-padded batch against each row alone.

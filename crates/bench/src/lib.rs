@@ -9,6 +9,7 @@
 //! | `bert-mlm-train` | one AdamW step of BERT masked-LM: vocab 1000, width 256, 4 layers, 4 heads, FFN 1024, sequence 128, batch 16, 15% masking |
 //! | `gpt-generate` | greedy generation with the KV cache on the `gpt-train` shape: batch 1, prompt 16, 256 new tokens |
 //! | `llama-generate` | greedy generation with the KV cache of a ~100M-parameter grouped-query Llama (8 layers, width 768, 12 query / 4 key-value heads, FFN 2048, vocab 32000, untied): batch 1, prompt 16, 128 new tokens |
+//! | `llama-generate-bf16` | `llama-generate` with the parameters in bf16 (activations f32) |
 //! | `minilm-forward` | inference forward of a MiniLM-size BERT encoder (6 layers, 384, 12 heads): batch 8 x 128 |
 //! | `matmul` | `[n, n] x [n, n]` float matmul for n = 256, 512, 1024, in GFLOP/s |
 //!
@@ -38,7 +39,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use lmforge::data::batcher::BatcherConfig;
 use lmforge::data::tokenizer::Encoding;
 use lmforge::models::bert::{BertConfig, BertInput};
@@ -55,12 +56,13 @@ use serde::Serialize;
 use serde_json::json;
 
 /// The benchmark cases, in the order `all` runs them.
-pub const CASES: [&str; 7] = [
+pub const CASES: [&str; 8] = [
     "gpt-train",
     "lstm-train",
     "bert-mlm-train",
     "gpt-generate",
     "llama-generate",
+    "llama-generate-bf16",
     "minilm-forward",
     "matmul",
 ];
@@ -139,7 +141,8 @@ pub fn run(case: &str, device: &Device, options: &Options) -> Result<Vec<Measure
         "lstm-train" => vec![lstm_train(device, options)?],
         "bert-mlm-train" => vec![bert_mlm_train(device, options)?],
         "gpt-generate" => vec![gpt_generate(device, options)?],
-        "llama-generate" => vec![llama_generate(device, options)?],
+        "llama-generate" => vec![llama_generate(device, options, DType::F32)?],
+        "llama-generate-bf16" => vec![llama_generate(device, options, DType::BF16)?],
         "minilm-forward" => vec![minilm_forward(device, options)?],
         "matmul" => matmul(device, options)?,
         other => bail!("unknown case `{other}`; the cases are {}", CASES.join(", ")),
@@ -403,7 +406,7 @@ fn gpt_generate(device: &Device, options: &Options) -> Result<Measurement> {
     Ok(timing.measurement("gpt-generate", device, new, json))
 }
 
-fn llama_generate(device: &Device, options: &Options) -> Result<Measurement> {
+fn llama_generate(device: &Device, options: &Options, dtype: DType) -> Result<Measurement> {
     let (vocab, width, layers, heads, kv_heads, ffn) = if options.tiny {
         (64, 32, 1, 4, 2, 64)
     } else {
@@ -418,13 +421,19 @@ fn llama_generate(device: &Device, options: &Options) -> Result<Measurement> {
         .with_n_kv_heads(Some(kv_heads))
         .with_d_ff(ffn)
         .with_max_seq_length(2048)
-        .init(device)?;
+        .init(device)?
+        .with_param_dtype(dtype)?;
     let prompt = token_rows(1, prompt_length, vocab, 5);
     let timing = time_greedy(&model, &prompt, new, device, options)?;
     let json = json!({"vocab": vocab, "width": width, "layers": layers, "heads": heads,
                       "kv_heads": kv_heads, "ffn": ffn, "batch": 1, "prompt": prompt_length,
-                      "new_tokens": new, "dtype": "f32"});
-    Ok(timing.measurement("llama-generate", device, new, json))
+                      "new_tokens": new, "dtype": if dtype == DType::F32 { "f32" } else { "bf16" }});
+    let case = if dtype == DType::F32 {
+        "llama-generate"
+    } else {
+        "llama-generate-bf16"
+    };
+    Ok(timing.measurement(case, device, new, json))
 }
 
 fn minilm_forward(device: &Device, options: &Options) -> Result<Measurement> {

@@ -44,4 +44,4 @@ pub mod transformer;
 
 pub use error::LayerError;
 
-pub use rows::linear_rows;
+pub use rows::{linear_rows, on_compute_threads, project_rows};

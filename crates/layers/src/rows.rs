@@ -22,12 +22,116 @@ use burn::tensor::Tensor;
 /// let x = Tensor::<3>::ones([2, 5, 4], &device);
 /// assert_eq!(linear_rows(&linear, x).dims(), [2, 5, 3]);
 /// ```
+///
+/// A weight stored in another dtype than `x` (a model loaded with half-precision parameters
+/// and run on `f32` activations) is multiplied as by [`project_rows`].
 pub fn linear_rows<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
+    let weight = linear.weight.val();
     let dims = x.dims();
     let d_input = dims[D - 1];
     let rows = dims[..D - 1].iter().product::<usize>();
+    if weight.dtype() != x.dtype() || rows <= 16 {
+        // Half-precision weights, or few rows (decoding), which lmforge's kernel on flex
+        // streams with both cores.
+        let bias = linear.bias.as_ref().map(|b| b.val());
+        return project_rows(x, &weight, bias.as_ref(), false);
+    }
     let y = linear.forward(x.reshape([rows, d_input]));
     let mut out = dims;
     out[D - 1] = y.dims()[1];
     y.reshape(out)
+}
+
+/// `x W + b` over the last dimension of `x` (`transposed`: `x Wᵀ + b`, for a weight stored
+/// `[d_output, d_input]` such as a tied embedding used as the output layer), for a weight in
+/// any float dtype. The result has the dtype of `x`.
+///
+/// When the weight's dtype differs from `x`'s, the weight is widened (or narrowed) to `x`'s
+/// dtype for the product and the parameter itself stays as it is. On flex, `f32` activations
+/// without autodiff run lmforge's own kernel for an `f16`/`bf16` weight, which widens the
+/// weight in registers as it reads it (the weight's memory and the bytes read per product stay
+/// half of `f32`'s), and for an `f32` weight when there are at most 16 rows (decoding: both
+/// cores stream the weight). Elsewhere burn's ops run, the weight cast for each product.
+///
+/// # Shapes
+/// - `x`: `[..., d_input]`
+/// - `weight`: `[d_input, d_output]` (`transposed`: `[d_output, d_input]`)
+/// - `bias`: `[d_output]`
+/// - returns: `[..., d_output]`
+///
+/// # Panics
+/// When the widths do not match.
+///
+/// ```
+/// use burn::tensor::{DType, Device, Tensor};
+/// use lmforge_layers::project_rows;
+///
+/// let device = Device::default();
+/// let weight = Tensor::<2>::ones([4, 3], &device).cast(DType::BF16);
+/// let x = Tensor::<3>::ones([2, 5, 4], &device);
+/// let y = project_rows(x, &weight, None, false);
+/// assert_eq!((y.dims(), y.dtype()), ([2, 5, 3], DType::F32));
+/// ```
+pub fn project_rows<const D: usize>(
+    x: Tensor<D>,
+    weight: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+    transposed: bool,
+) -> Tensor<D> {
+    let dims = x.dims();
+    let d_input = dims[D - 1];
+    let [r, c] = weight.dims();
+    let (w_in, d_output) = if transposed { (c, r) } else { (r, c) };
+    assert_eq!(
+        w_in,
+        d_input,
+        "project_rows: input width {d_input}, weight {:?} (transposed: {transposed})",
+        [r, c]
+    );
+    if let Some(bias) = bias {
+        assert_eq!(bias.dims(), [d_output], "project_rows: bias width");
+    }
+    let rows = dims[..D - 1].iter().product::<usize>();
+    let x = x.reshape([rows, d_input]);
+    let mut out = dims;
+    out[D - 1] = d_output;
+    #[cfg(feature = "flex")]
+    if let Some(y) = crate::fused::linear::linear_product(&x, weight, bias, transposed) {
+        return y.reshape(out);
+    }
+    let dtype = x.dtype();
+    let weight = weight.clone().cast(dtype);
+    let weight = if transposed {
+        weight.transpose()
+    } else {
+        weight
+    };
+    let mut y = x.matmul(weight);
+    if let Some(bias) = bias {
+        y = y + bias.clone().cast(dtype).unsqueeze();
+    }
+    y.reshape(out)
+}
+
+/// Runs `f` on one of the threads the CPU backend computes with (rayon's global pool) and
+/// returns its result; called from one of those threads, runs `f` in place.
+///
+/// flex spreads its operations over rayon's threads. Called from another thread (`main`),
+/// every parallel operation hands its work to the pool and puts the caller to sleep, and
+/// between operations the pool's idle threads spin against the caller for the same cores.
+/// Run from a pool thread, the caller takes part in the work instead. lmforge's decoders run
+/// each generation step this way; on the 2-core machine of docs/performance.md it raised
+/// `llama-generate-bf16` from about 150 to 167 tokens/s. Without the `flex` feature, `f` runs
+/// in place.
+///
+/// ```
+/// let sum = lmforge_layers::on_compute_threads(|| (1..=4).sum::<u32>());
+/// assert_eq!(sum, 10);
+/// ```
+pub fn on_compute_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
+    #[cfg(feature = "flex")]
+    if rayon::current_thread_index().is_none() {
+        return rayon::scope(|_| f());
+    }
+    f()
 }

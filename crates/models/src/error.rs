@@ -91,6 +91,19 @@ pub enum ModelError {
         /// The data type in the file.
         dtype: String,
     },
+    /// Parameters were asked for in a dtype the device cannot store (for example `bf16` on
+    /// ndarray).
+    #[error(
+        "the device {device} cannot hold parameters in {dtype}; use f32 there (supported: {supported})"
+    )]
+    DtypeNotSupported {
+        /// The dtype asked for.
+        dtype: String,
+        /// The device.
+        device: String,
+        /// The parameter dtypes the device can hold.
+        supported: String,
+    },
     /// A checkpoint in burn's own format could not be read, written or applied.
     #[error("{}: {reason}", .path.display())]
     Record {

@@ -40,8 +40,12 @@ pub(crate) fn check_positions(model: &str, start: usize, seq_length: usize, max_
 /// - returns: `[batch_size, seq_length, vocab_size]`
 pub(crate) fn tied_logits(hidden: Tensor<3>, embedding: &Embedding) -> Tensor<3> {
     // Rows folded: one [rows, d_model] x [d_model, vocab] product instead of one per batch entry.
-    let [batch_size, seq_length, d_model] = hidden.dims();
     let weight = embedding.weight.val();
+    let [batch_size, seq_length, d_model] = hidden.dims();
+    if weight.dtype() != hidden.dtype() || batch_size * seq_length <= 16 {
+        // Half-precision weights, or few rows (decoding): lmforge's kernel on flex.
+        return lmforge_layers::project_rows(hidden, &weight, None, true);
+    }
     let vocab_size = weight.dims()[0];
     hidden
         .reshape([batch_size * seq_length, d_model])

@@ -12,6 +12,7 @@
 pub(crate) mod activation;
 pub(crate) mod attention;
 pub(crate) mod layer_norm;
+pub(crate) mod linear;
 pub(crate) mod math;
 #[cfg(test)]
 pub(crate) mod test_support;

@@ -108,7 +108,18 @@ impl Norm {
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
         match self {
             Norm::Layer(norm) => norm.forward(x),
-            Norm::Rms(norm) => norm.forward(x),
+            Norm::Rms(norm) => {
+                let gamma = norm.gamma.val();
+                if gamma.dtype() == x.dtype() {
+                    return norm.forward(x);
+                }
+                // Parameters kept in another dtype than the activations (half-precision
+                // weights, f32 activations): burn-nn's formula with the scale cast.
+                let dtype = x.dtype();
+                let rms =
+                    (x.clone().cast(DType::F32).square().mean_dim(D - 1) + norm.epsilon).sqrt();
+                (x / rms.cast(dtype)) * gamma.cast(dtype).unsqueeze()
+            }
         }
     }
 }

@@ -235,13 +235,7 @@ fn load<M>(
     let pooler = pooler.unwrap_or_else(|| weights.contains(&format!("{p}pooler.dense.weight")));
     let mut bert = config.init_encoder(pooler, device)?;
     ignore_buffers(&mut weights, p);
-    visit_bert(
-        &mut bert,
-        &mut Loader {
-            weights: &mut weights,
-        },
-        p,
-    )?;
+    visit_bert(&mut bert, &mut Loader::new(&mut weights), p)?;
     finish(bert, &hf, &mut weights)
 }
 
@@ -329,7 +323,7 @@ fn load_task<M: BertTask>(dir: &Path, device: &Device) -> Result<M, ModelError> 
     load(dir, device, Some(M::POOLER), |bert, hf, weights| {
         M::prepare(weights);
         let mut model = M::build(bert, hf, device)?;
-        model.visit_head(&mut Loader { weights })?;
+        model.visit_head(&mut Loader::new(weights))?;
         weights.finish()?;
         Ok(model)
     })

@@ -1,6 +1,7 @@
 //! The trait generation drives, and its implementations for lmforge's models.
 
 use burn::tensor::{Int, Tensor};
+use lmforge_layers::on_compute_threads;
 use lmforge_layers::rnn::LstmState;
 
 use lmforge_layers::transformer::{DecoderBlockCache, Memory};
@@ -95,12 +96,14 @@ macro_rules! cached_decoder {
 
             fn prefill(&self, tokens: Tensor<2, Int>) -> (Tensor<2>, DecoderCache) {
                 let mut cache = DecoderCache::default();
-                let logits = self.forward_cached(tokens, None, &mut cache);
+                let logits = on_compute_threads(|| self.forward_cached(tokens, None, &mut cache));
                 (last(logits), cache)
             }
 
             fn step(&self, tokens: Tensor<2, Int>, cache: &mut DecoderCache) -> Tensor<2> {
-                last(self.forward_cached(tokens, None, cache))
+                last(on_compute_threads(|| {
+                    self.forward_cached(tokens, None, cache)
+                }))
             }
 
             fn prefill_left_padded(
@@ -109,7 +112,7 @@ macro_rules! cached_decoder {
                 left_padding: &[usize],
             ) -> Option<(Tensor<2>, DecoderCache)> {
                 let mut cache = DecoderCache::left_padded(left_padding.to_vec());
-                let logits = self.forward_cached(tokens, None, &mut cache);
+                let logits = on_compute_threads(|| self.forward_cached(tokens, None, &mut cache));
                 Some((last(logits), cache))
             }
 

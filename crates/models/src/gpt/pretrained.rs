@@ -254,13 +254,7 @@ impl Pretrained for Gpt {
             // Some files store the tied head anyway; it is the token embedding.
             weights.ignore("lm_head.weight");
         }
-        visit(
-            &mut gpt,
-            &mut Loader {
-                weights: &mut weights,
-            },
-            prefix,
-        )?;
+        visit(&mut gpt, &mut Loader::new(&mut weights), prefix)?;
         weights.finish()?;
         Ok(gpt)
     }

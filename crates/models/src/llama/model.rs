@@ -2,9 +2,9 @@
 //! rotary attention and SwiGLU feed-forward, a final RMSNorm and a language-model head.
 
 use burn::config::Config;
-use burn::module::Module;
+use burn::module::{Module, ModuleMapper, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
-use burn::tensor::{Bool, Device, Int, Tensor};
+use burn::tensor::{Bool, DType, Device, Int, Tensor};
 use lmforge_layers::position::{RopeConfig, RopeScaling};
 use lmforge_layers::transformer::{
     BlockConfig, DecoderBlock, FeedForwardActivation, Norm, NormKind, normal_linear,
@@ -309,6 +309,38 @@ impl Llama {
         states
     }
 
+    /// The dtype the parameters are kept in (`f32` unless loaded with
+    /// [`Llama::from_pretrained_as`] in half precision); activations are `f32` regardless.
+    pub fn param_dtype(&self) -> DType {
+        self.token_embedding.weight.val().dtype()
+    }
+
+    /// The model with its parameters cast to `dtype` (`F32`, `F16` or `BF16`; see
+    /// [`crate::pretrained::ParamDtype`] for what each device does with half precision).
+    /// Activations stay `f32`.
+    ///
+    /// # Errors
+    /// [`ModelError::DtypeNotSupported`] when the model's device cannot hold `dtype`;
+    /// [`ModelError::InvalidConfig`] for a dtype that is not a float format lmforge runs.
+    pub fn with_param_dtype(self, dtype: DType) -> Result<Self, ModelError> {
+        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(ModelError::InvalidConfig {
+                model: "Llama",
+                reason: format!("parameters in {dtype:?}: expected F32, F16 or BF16"),
+            });
+        }
+        let device = self.token_embedding.weight.val().device();
+        crate::pretrained::check_dtype(dtype, &device)?;
+        struct Cast(DType);
+        impl ModuleMapper for Cast {
+            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+                let dtype = self.0;
+                param.map(|t| if t.dtype() == dtype { t } else { t.cast(dtype) })
+            }
+        }
+        Ok(self.map(&mut Cast(dtype)))
+    }
+
     /// Projects final hidden states to vocabulary logits (`lm_head` or tied embedding).
     ///
     /// # Shapes
@@ -331,6 +363,12 @@ impl Llama {
         let dims = [self.blocks.len(), self.max_seq_length(), self.vocab_size()];
         let inputs = DecoderInputs::check("Llama", &tokens, mask_pad, cache.as_deref_mut(), dims);
         let x = self.token_embedding.forward(tokens);
+        // Half-precision parameters: the activations are f32 all the same.
+        let x = if x.dtype() == DType::F32 {
+            x
+        } else {
+            x.cast(DType::F32)
+        };
         let x = inputs.run_blocks(&self.blocks, x, cache, states);
         self.norm.forward(x)
     }

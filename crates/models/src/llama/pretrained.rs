@@ -7,13 +7,15 @@
 
 use std::path::Path;
 
-use burn::tensor::Device;
+use burn::tensor::{DType, Device};
 use serde_json::json;
 
 use super::model::{Llama, LlamaConfig, LlamaFamily};
 use crate::error::ModelError;
 use crate::pretrained::weights::{embedding, linear, norm};
-use crate::pretrained::{self, Exporter, HfConfig, Loader, Pretrained, Visitor};
+use crate::pretrained::{
+    self, Exporter, HfConfig, Loader, ParamDtype, Pretrained, Visitor, Weights,
+};
 use lmforge_layers::position::RopeScaling;
 
 impl LlamaFamily {
@@ -363,30 +365,73 @@ fn visit<V: Visitor>(model: &mut Llama, v: &mut V) -> Result<(), ModelError> {
     Ok(())
 }
 
+impl Llama {
+    /// [`Pretrained::from_pretrained`] with the parameters kept in `dtype`
+    /// ([`ParamDtype::File`]: the file's own; see [`ParamDtype`] for what each device does).
+    /// Half-precision tensors are read as they are and never held in `f32`.
+    ///
+    /// # Errors
+    /// As [`Pretrained::from_pretrained`], and [`ModelError::DtypeNotSupported`] when
+    /// `device` cannot hold the dtype (checked before the weights are read).
+    ///
+    /// ```no_run
+    /// use lmforge_models::llama::Llama;
+    /// use lmforge_models::pretrained::ParamDtype;
+    ///
+    /// let device = burn::tensor::Device::default();
+    /// let model = Llama::from_pretrained_as("path/to/SmolLM2-135M", &device, ParamDtype::File)?;
+    /// println!("parameters in {:?}", model.param_dtype());
+    /// # Ok::<(), lmforge_models::ModelError>(())
+    /// ```
+    pub fn from_pretrained_as(
+        dir: impl AsRef<Path>,
+        device: &Device,
+        dtype: ParamDtype,
+    ) -> Result<Self, ModelError> {
+        let dir = dir.as_ref();
+        let config = LlamaConfig::from_hf(&pretrained::read_config(dir)?)?;
+        // Which dtypes the file holds is only known once it is read: check what can be
+        // checked before, the rest after.
+        if let ParamDtype::F16 | ParamDtype::Bf16 = dtype {
+            pretrained::check_dtype(dtype.resolve(None), device)?;
+        }
+        let mut weights = pretrained::read_weights_keeping(dir, dtype != ParamDtype::F32)?;
+        let dtype = dtype.resolve(weights.float_dtype());
+        pretrained::check_dtype(dtype, device)?;
+        load(config, &mut weights, device, dtype)
+    }
+}
+
+/// Builds the model of `config` and sets its parameters (as `dtype`) from `weights`.
+fn load(
+    config: LlamaConfig,
+    weights: &mut Weights,
+    device: &Device,
+    dtype: DType,
+) -> Result<Llama, ModelError> {
+    pretrained::check_config_size("LlamaConfig", parameter_count(&config), weights)?;
+    let mut model = config.init(device)?;
+    for i in 0..config.n_layers {
+        // The rotary frequencies of older checkpoints: lmforge computes its own.
+        weights.ignore(&format!("model.layers.{i}.self_attn.rotary_emb.inv_freq"));
+    }
+    if config.tie_embeddings {
+        // Some files store the tied head anyway; it is the token embedding.
+        weights.ignore("lm_head.weight");
+    }
+    visit(&mut model, &mut Loader::with_dtype(weights, dtype))?;
+    weights.finish()?;
+    Ok(model)
+}
+
 impl Pretrained for Llama {
     /// Loads a `LlamaForCausalLM`, `MistralForCausalLM` or `Qwen2ForCausalLM` folder (one
-    /// `model.safetensors` or shards with an index).
+    /// `model.safetensors` or shards with an index), parameters in `f32`
+    /// ([`Llama::from_pretrained_as`] keeps half precision).
     fn from_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<Self, ModelError> {
         let config = LlamaConfig::from_hf(&pretrained::read_config(dir.as_ref())?)?;
         let mut weights = pretrained::read_weights(dir.as_ref())?;
-        pretrained::check_config_size("LlamaConfig", parameter_count(&config), &weights)?;
-        let mut model = config.init(device)?;
-        for i in 0..config.n_layers {
-            // The rotary frequencies of older checkpoints: lmforge computes its own.
-            weights.ignore(&format!("model.layers.{i}.self_attn.rotary_emb.inv_freq"));
-        }
-        if config.tie_embeddings {
-            // Some files store the tied head anyway; it is the token embedding.
-            weights.ignore("lm_head.weight");
-        }
-        visit(
-            &mut model,
-            &mut Loader {
-                weights: &mut weights,
-            },
-        )?;
-        weights.finish()?;
-        Ok(model)
+        load(config, &mut weights, device, DType::F32)
     }
 
     /// Writes a folder of the model's family (`config.json`, one `model.safetensors`).

@@ -22,7 +22,7 @@ pub(crate) mod weights;
 
 use std::path::Path;
 
-use burn::tensor::Device;
+use burn::tensor::{DType, Device};
 
 pub(crate) use config::HfConfig;
 pub use store::{load, save};
@@ -37,6 +37,81 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 /// The index of a sharded checkpoint (`weight_map`: tensor name -> shard file), read when
 /// [`WEIGHTS_FILE`] is absent.
 pub const WEIGHTS_INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// The dtype a loaded model keeps its parameters in (the activations are `f32` in every case).
+///
+/// Half-precision parameters halve the model's memory. On flex, the products of `f32`
+/// activations with `f16`/`bf16` weights read the half-size weights directly (widened in
+/// registers), so decoding, which is bound by reading the weights, runs close to twice as fast
+/// as with `f32` parameters. On other devices each product widens its weight with burn ops.
+/// Devices that cannot store a dtype (ndarray: neither `f16` nor `bf16`) are refused with
+/// [`ModelError::DtypeNotSupported`] before anything is loaded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ParamDtype {
+    /// `f32`, whatever the file holds (what [`Pretrained::from_pretrained`] loads).
+    #[default]
+    F32,
+    /// IEEE half precision.
+    F16,
+    /// bfloat16.
+    Bf16,
+    /// The file's own dtype when all its floating-point tensors share `f16` or `bf16`;
+    /// otherwise `f32`.
+    File,
+}
+
+impl ParamDtype {
+    /// The burn dtype for a checkpoint whose floating-point tensors share `file` (if they do).
+    pub fn resolve(self, file: Option<DType>) -> DType {
+        match self {
+            ParamDtype::F32 => DType::F32,
+            ParamDtype::F16 => DType::F16,
+            ParamDtype::Bf16 => DType::BF16,
+            ParamDtype::File => match file {
+                Some(d @ (DType::F16 | DType::BF16)) => d,
+                _ => DType::F32,
+            },
+        }
+    }
+}
+
+impl std::str::FromStr for ParamDtype {
+    type Err = String;
+
+    /// `f32`, `f16`, `bf16` or `file` (also `auto`).
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "float32" => Ok(ParamDtype::F32),
+            "f16" | "float16" | "half" => Ok(ParamDtype::F16),
+            "bf16" | "bfloat16" => Ok(ParamDtype::Bf16),
+            "file" | "auto" => Ok(ParamDtype::File),
+            other => Err(format!(
+                "unknown dtype `{other}`: expected f32, f16, bf16 or file"
+            )),
+        }
+    }
+}
+
+/// `Err(DtypeNotSupported)` unless `device` can store and compute with `dtype`.
+pub(crate) fn check_dtype(dtype: DType, device: &Device) -> Result<(), ModelError> {
+    if device.supports_dtype(dtype) {
+        return Ok(());
+    }
+    let supported: Vec<&str> = [
+        (DType::F32, "f32"),
+        (DType::F16, "f16"),
+        (DType::BF16, "bf16"),
+    ]
+    .into_iter()
+    .filter(|(d, _)| device.supports_dtype(*d))
+    .map(|(_, name)| name)
+    .collect();
+    Err(ModelError::DtypeNotSupported {
+        dtype: format!("{dtype:?}").to_lowercase(),
+        device: format!("{device:?}"),
+        supported: supported.join(", "),
+    })
+}
 
 /// A model that reads and writes HuggingFace model folders.
 pub trait Pretrained: Sized {
@@ -130,12 +205,17 @@ pub(crate) fn check_config_size(
 /// Reads `dir/model.safetensors`, or the shards listed by `dir/model.safetensors.index.json`
 /// when there is no single file (LayerNorm `gamma`/`beta` renamed to `weight`/`bias`).
 pub(crate) fn read_weights(dir: &Path) -> Result<Weights, ModelError> {
+    read_weights_keeping(dir, false)
+}
+
+/// [`read_weights`], keeping F16/BF16 tensors in their dtype with `keep_half`.
+pub(crate) fn read_weights_keeping(dir: &Path, keep_half: bool) -> Result<Weights, ModelError> {
     let single = dir.join(WEIGHTS_FILE);
     let index = dir.join(WEIGHTS_INDEX_FILE);
     let mut weights = if !single.exists() && index.exists() {
-        Weights::read_sharded(&index)?
+        Weights::read_sharded(&index, keep_half)?
     } else {
-        Weights::read(&single)?
+        Weights::read(&single, keep_half)?
     };
     weights::rename_legacy_norms(&mut weights);
     Ok(weights)

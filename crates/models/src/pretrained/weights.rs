@@ -21,11 +21,12 @@ pub(crate) struct Weights {
 }
 
 impl Weights {
-    /// Reads every tensor of `path` (F32, F16, BF16 and F64 become F32; integer tensors, which
-    /// are buffers such as BERT's `position_ids`, are kept as they are).
-    pub(crate) fn read(path: &Path) -> Result<Self, ModelError> {
+    /// Reads every tensor of `path` (F32, F16, BF16 and F64 become F32, or with `keep_half`
+    /// F16 and BF16 stay as they are; integer tensors, which are buffers such as BERT's
+    /// `position_ids`, are kept as they are).
+    pub(crate) fn read(path: &Path, keep_half: bool) -> Result<Self, ModelError> {
         let mut tensors = BTreeMap::new();
-        read_tensors(path, &mut tensors, |_| true)?;
+        read_tensors(path, &mut tensors, keep_half, |_| true)?;
         Ok(Self {
             path: path.to_path_buf(),
             tensors,
@@ -37,7 +38,7 @@ impl Weights {
     /// `weight_map` names the shard of every tensor) and the shards beside it. Every tensor
     /// the index lists must be in its shard, and a shard's tensors that the index does not
     /// assign to it are refused; errors name the index (and the shard).
-    pub(crate) fn read_sharded(path: &Path) -> Result<Self, ModelError> {
+    pub(crate) fn read_sharded(path: &Path, keep_half: bool) -> Result<Self, ModelError> {
         let bytes = read_file(path)?;
         let index_error = |reason: String| ModelError::NotSafetensors {
             path: path.to_path_buf(),
@@ -71,7 +72,7 @@ impl Weights {
         for (shard, names) in &shards {
             let shard_path = dir.join(shard);
             let mut unlisted = Vec::new();
-            read_tensors(&shard_path, &mut tensors, |name| {
+            read_tensors(&shard_path, &mut tensors, keep_half, |name| {
                 let listed = names.contains(name);
                 if !listed {
                     unlisted.push(name.to_string());
@@ -96,6 +97,17 @@ impl Weights {
             tensors,
             used: BTreeSet::new(),
         })
+    }
+
+    /// The floating-point dtype of the file's tensors when they all share one, else `None`.
+    pub(crate) fn float_dtype(&self) -> Option<DType> {
+        let mut dtypes = self
+            .tensors
+            .values()
+            .map(|d| d.dtype())
+            .filter(|d| d.is_float());
+        let first = dtypes.next()?;
+        dtypes.all(|d| d == first).then_some(first)
     }
 
     /// The number of values in the file (all tensors).
@@ -147,7 +159,8 @@ impl Weights {
         }
     }
 
-    /// Takes a tensor, checking its shape.
+    /// Takes a tensor as read (F32, or F16/BF16 when read with `keep_half`), checking its
+    /// shape.
     pub(crate) fn take(
         &mut self,
         name: &str,
@@ -208,11 +221,12 @@ impl Weights {
     }
 }
 
-/// Reads the tensors of one safetensors file into `tensors` (floats as F32, integer buffers
-/// as they are), skipping those `keep` refuses.
+/// Reads the tensors of one safetensors file into `tensors` (floats as F32, or F16/BF16 as
+/// they are with `keep_half`; integer buffers as they are), skipping those `keep` refuses.
 fn read_tensors(
     path: &Path,
     tensors: &mut BTreeMap<String, TensorData>,
+    keep_half: bool,
     mut keep: impl FnMut(&str) -> bool,
 ) -> Result<(), ModelError> {
     let bytes = read_file(path)?;
@@ -241,7 +255,9 @@ fn read_tensors(
             });
         };
         let data = TensorData::from_bytes_vec(view.data().to_vec(), view.shape().to_vec(), dtype);
-        let data = if matches!(dtype, DType::I64 | DType::I32) {
+        let data = if matches!(dtype, DType::I64 | DType::I32)
+            || (keep_half && matches!(dtype, DType::F16 | DType::BF16))
+        {
             data
         } else {
             data.convert_dtype(DType::F32)
@@ -317,9 +333,25 @@ pub(crate) trait Visitor {
     ) -> Result<(), ModelError>;
 }
 
-/// Sets parameters from [`Weights`].
+/// Sets parameters from [`Weights`], as `f32` or in the dtype [`Loader::with_dtype`] names.
 pub(crate) struct Loader<'a> {
-    pub(crate) weights: &'a mut Weights,
+    weights: &'a mut Weights,
+    dtype: DType,
+}
+
+impl<'a> Loader<'a> {
+    /// A loader that makes `f32` parameters.
+    pub(crate) fn new(weights: &'a mut Weights) -> Self {
+        Self {
+            weights,
+            dtype: DType::F32,
+        }
+    }
+
+    /// A loader that makes parameters of `dtype` (`F32`, `F16` or `BF16`).
+    pub(crate) fn with_dtype(weights: &'a mut Weights, dtype: DType) -> Self {
+        Self { weights, dtype }
+    }
 }
 
 impl Visitor for Loader<'_> {
@@ -336,6 +368,11 @@ impl Visitor for Loader<'_> {
             expected.swap(D - 2, D - 1);
         }
         let data = self.weights.take(name, &expected)?;
+        let data = if data.dtype() == self.dtype {
+            data
+        } else {
+            data.convert_dtype(self.dtype)
+        };
         // Transposed on the host, so the parameter is contiguous in lmforge's layout (as a
         // freshly initialised one is) rather than a strided view.
         let data = if transpose {
@@ -343,27 +380,33 @@ impl Visitor for Loader<'_> {
         } else {
             data
         };
-        *param = Param::from_tensor(Tensor::<D>::from_data(data, &device));
+        *param = Param::from_tensor(Tensor::<D>::from_data(data, (&device, self.dtype)));
         Ok(())
     }
 }
 
-/// Swaps the last two dimensions of an `f32` tensor's data.
+/// Swaps the last two dimensions of a tensor's data (any element size).
 fn transpose_last(data: TensorData) -> TensorData {
     let mut shape = data.shape().to_vec();
     let rank = shape.len();
     let (rows, cols) = (shape[rank - 2], shape[rank - 1]);
-    let values = data.try_to_vec::<f32>().expect("weights are read as f32");
-    let mut out = vec![0f32; values.len()];
-    for (src, dst) in values.chunks(rows * cols).zip(out.chunks_mut(rows * cols)) {
-        for r in 0..rows {
-            for c in 0..cols {
-                dst[c * rows + r] = src[r * cols + c];
+    let dtype = data.dtype();
+    let size = dtype.size();
+    let bytes = data.as_bytes();
+    let mut out = vec![0u8; bytes.len()];
+    let matrix = rows * cols * size;
+    if matrix > 0 {
+        for (src, dst) in bytes.chunks(matrix).zip(out.chunks_mut(matrix)) {
+            for r in 0..rows {
+                for c in 0..cols {
+                    let (from, to) = ((r * cols + c) * size, (c * rows + r) * size);
+                    dst[to..to + size].copy_from_slice(&src[from..from + size]);
+                }
             }
         }
     }
     shape.swap(rank - 2, rank - 1);
-    TensorData::new(out, shape)
+    TensorData::from_bytes_vec(out, shape, dtype)
 }
 
 /// Collects parameters as `f32` tensors under their checkpoint names.
