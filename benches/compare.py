@@ -21,7 +21,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ["gpt-train", "lstm-train", "bert-mlm-train", "gpt-generate", "llama-generate",
-         "minilm-forward", "matmul"]
+         "llama-generate-bf16", "minilm-forward", "matmul"]
 
 
 def run(command, threads):

@@ -218,4 +218,26 @@ fn generate_example_reproduces_huggingface_on_a_llama_folder() {
         generate::run(&a).is_err(),
         "a folder without tokenizer.json needs --prompt-ids"
     );
+    // The bf16 folder keeps its parameters in bf16 (the default, --dtype file) and still
+    // gives HuggingFace's tokens for that file.
+    let bf16 =
+        lmforge_device::testing::Fixture::load(root.join("llama_bf16/reference.safetensors"));
+    let ids = |key: &str| -> Vec<u32> { bf16.get(key).iter::<i64>().map(|v| v as u32).collect() };
+    let prompt: Vec<String> = ids("input.prompt").iter().map(u32::to_string).collect();
+    for dtype in ["file", "f32"] {
+        let a: generate::Args = args(&format!(
+            "--model {} --prompt-ids {} --max-new-tokens 20 --min-new-tokens 20 --dtype {dtype}",
+            root.join("llama_bf16").display(),
+            prompt.join(",")
+        ));
+        assert_eq!(
+            generate::run(&a).unwrap(),
+            ids("generate.greedy"),
+            "{dtype}"
+        );
+    }
+    assert!(
+        <generate::Args as clap::Parser>::try_parse_from(["generate", "--dtype", "f8"]).is_err(),
+        "an unknown dtype is refused"
+    );
 }

@@ -21,6 +21,7 @@ use lmforge::models::generate::{
 };
 use lmforge::models::gpt::Gpt;
 use lmforge::models::llama::Llama;
+use lmforge::models::pretrained::ParamDtype;
 
 /// Generate text with a pretrained decoder language model.
 #[derive(Parser, Debug, Clone)]
@@ -66,9 +67,10 @@ pub struct Args {
     /// Seed of the sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Data type of the weights in memory: f32 (half-precision files are widened on load).
-    #[arg(long, default_value = "f32")]
-    pub dtype: String,
+    /// Data type of the parameters in memory: f32, f16, bf16, or file (the file's own: a bf16
+    /// checkpoint stays bf16). Half precision is for the Llama family; activations are f32.
+    #[arg(long, default_value = "file")]
+    pub dtype: ParamDtype,
     /// Backend: flex, ndarray, wgpu, ... (default: LMFORGE_DEVICE or the build's default).
     #[arg(long)]
     pub device: Option<String>,
@@ -91,12 +93,6 @@ pub fn run(args: &Args) -> Result<Vec<u32>> {
     let Some(dir) = args.model.clone() else {
         bail!("--model DIR is required");
     };
-    if args.dtype != "f32" {
-        bail!(
-            "--dtype {}: lmforge loads weights as f32 for now (f16/bf16 files are widened)",
-            args.dtype
-        );
-    }
     let selected = lmforge::device::select_named(args.device.as_deref())?;
     eprintln!("device: {selected}");
     let device = selected.device.clone();
@@ -110,13 +106,21 @@ pub fn run(args: &Args) -> Result<Vec<u32>> {
     let start = Instant::now();
     match model_type.as_str() {
         "gpt2" => {
+            if matches!(args.dtype, ParamDtype::F16 | ParamDtype::Bf16) {
+                bail!(
+                    "--dtype {:?}: half-precision parameters are implemented for the Llama \
+                     family; GPT-2 loads as f32 (--dtype f32 or file)",
+                    args.dtype
+                );
+            }
             let model = Gpt::from_pretrained(&dir, &device)?;
-            report_load(&model_type, start);
+            report_load(&model_type, "f32", start);
             decode_with(&model, &dir, args, eos, &device)
         }
         "llama" | "mistral" | "qwen2" => {
-            let model = Llama::from_pretrained(&dir, &device)?;
-            report_load(&model_type, start);
+            let model = Llama::from_pretrained_as(&dir, &device, args.dtype)?;
+            let dtype = format!("{:?}", model.param_dtype()).to_lowercase();
+            report_load(&model_type, &dtype, start);
             decode_with(&model, &dir, args, eos, &device)
         }
         other => bail!(
@@ -126,11 +130,29 @@ pub fn run(args: &Args) -> Result<Vec<u32>> {
     }
 }
 
-fn report_load(model_type: &str, start: Instant) {
+fn report_load(model_type: &str, dtype: &str, start: Instant) {
     eprintln!(
-        "loaded a {model_type} model in {:.2} s",
-        start.elapsed().as_secs_f64()
+        "loaded a {model_type} model in {:.2} s, parameters in {dtype}{}",
+        start.elapsed().as_secs_f64(),
+        resident_memory()
+            .map(|(now, peak)| format!(
+                "; resident memory {now:.0} MiB (peak while loading {peak:.0} MiB)"
+            ))
+            .unwrap_or_default()
     );
+}
+
+/// The process's resident memory now and at its peak, in MiB (Linux: /proc/self/status).
+fn resident_memory() -> Option<(f64, f64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+            .map(|kib| kib / 1024.0)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
 }
 
 /// End-of-sequence ids from generation_config.json, else config.json (a number or a list).

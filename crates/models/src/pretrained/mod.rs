@@ -8,7 +8,9 @@
 //! `BertForSequenceClassification`, `BertForTokenClassification`,
 //! `BertForQuestionAnswering`, names with or without the `bert.` prefix) into the types of
 //! [`crate::bert`]. Tied weights absent from the file (GPT-2's `lm_head`, BERT's MLM decoder)
-//! are taken from the embedding they are tied to. Half-precision files are widened to `f32`.
+//! are taken from the embedding they are tied to. Half-precision files are widened to `f32`,
+//! or, for the Llama family, kept in half precision ([`ParamDtype`],
+//! [`crate::llama::Llama::from_pretrained_as`]).
 //! Weights come from one `model.safetensors` or from the shards a
 //! `model.safetensors.index.json` lists.
 //!

@@ -18,6 +18,8 @@ pub(crate) struct Weights {
     path: PathBuf,
     tensors: BTreeMap<String, TensorData>,
     used: BTreeSet<String>,
+    /// The shapes of the tensors [`Weights::take`] moved out.
+    taken: BTreeMap<String, Vec<usize>>,
 }
 
 impl Weights {
@@ -31,6 +33,7 @@ impl Weights {
             path: path.to_path_buf(),
             tensors,
             used: BTreeSet::new(),
+            taken: BTreeMap::new(),
         })
     }
 
@@ -96,6 +99,7 @@ impl Weights {
             path: path.to_path_buf(),
             tensors,
             used: BTreeSet::new(),
+            taken: BTreeMap::new(),
         })
     }
 
@@ -112,7 +116,16 @@ impl Weights {
 
     /// The number of values in the file (all tensors).
     pub(crate) fn n_values(&self) -> usize {
-        self.tensors.values().map(|d| d.num_elements()).sum()
+        let taken: usize = self
+            .taken
+            .values()
+            .map(|s| s.iter().product::<usize>())
+            .sum();
+        self.tensors
+            .values()
+            .map(|d| d.num_elements())
+            .sum::<usize>()
+            + taken
     }
 
     /// The file the weights came from.
@@ -122,17 +135,20 @@ impl Weights {
 
     /// Whether any tensor name starts with `prefix`.
     pub(crate) fn has_prefix(&self, prefix: &str) -> bool {
-        self.tensors.keys().any(|k| k.starts_with(prefix))
+        self.names().any(|k| k.starts_with(prefix))
     }
 
     /// Whether a tensor is present.
     pub(crate) fn contains(&self, name: &str) -> bool {
-        self.tensors.contains_key(name)
+        self.tensors.contains_key(name) || self.taken.contains_key(name)
     }
 
     /// The shape of a tensor, if present.
     pub(crate) fn shape(&self, name: &str) -> Option<Vec<usize>> {
-        self.tensors.get(name).map(|d| d.shape().to_vec())
+        self.tensors
+            .get(name)
+            .map(|d| d.shape().to_vec())
+            .or_else(|| self.taken.get(name).cloned())
     }
 
     /// Renames a tensor (used for legacy names such as LayerNorm `gamma`/`beta`).
@@ -175,7 +191,9 @@ impl Weights {
             })?;
         self.check_shape(name, data.shape(), expected)?;
         self.used.insert(name.to_string());
-        Ok(data.clone())
+        // Moved out, not copied: the values are held once while the model is built.
+        self.taken.insert(name.to_string(), expected.to_vec());
+        Ok(self.tensors.remove(name).expect("looked up above"))
     }
 
     /// `Err(ShapeMismatch)` unless `actual == expected`.
@@ -215,9 +233,9 @@ impl Weights {
         }
     }
 
-    /// Every tensor name.
+    /// Every tensor name (those taken included).
     pub(crate) fn names(&self) -> impl Iterator<Item = String> + '_ {
-        self.tensors.keys().cloned()
+        self.tensors.keys().chain(self.taken.keys()).cloned()
     }
 }
 
@@ -361,9 +379,10 @@ impl Visitor for Loader<'_> {
         param: &mut Param<Tensor<D>>,
         transpose: bool,
     ) -> Result<(), ModelError> {
-        let current = param.val();
-        let device = current.device();
-        let mut expected = current.dims();
+        // The parameter's shape and device without initialising it (burn initialises
+        // parameters lazily: the random values a fresh model would draw are never made).
+        let device = param.lazy_device();
+        let mut expected: [usize; D] = param.lazy_shape().dims();
         if transpose {
             expected.swap(D - 2, D - 1);
         }
