@@ -65,6 +65,8 @@ pub mod guide {
     pub struct Training;
     #[doc = include_str!("../docs/compression.md")]
     pub struct Compression;
+    #[doc = include_str!("../docs/decoder-models.md")]
+    pub struct DecoderModels;
     #[cfg(feature = "learner")]
     #[doc = include_str!("../docs/scaling.md")]
     pub struct Scaling;

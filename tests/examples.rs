@@ -241,3 +241,51 @@ fn generate_example_reproduces_huggingface_on_a_llama_folder() {
         "an unknown dtype is refused"
     );
 }
+
+/// `generate --chat --system S --prompt P` feeds the model the ids HuggingFace's
+/// `apply_chat_template(tokenize=True, add_generation_prompt=True)` gives for that
+/// conversation, from the folder's tokenizer.json and tokenizer_config.json (fixtures of
+/// `tests/fixtures/gen_chat.py`, Llama 3 and Qwen2 kinds).
+#[test]
+fn generate_example_chat_prompt_equals_huggingface() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/chat");
+    let cases: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("tokenizer_cases.json")).unwrap()).unwrap();
+    for name in ["llama3_style", "qwen2_style"] {
+        let example = &cases[name]["example"];
+        let dir = root.join(name);
+        let tokenizer =
+            lmforge::data::tokenizer::HfTokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+        let a = <generate::Args as clap::Parser>::try_parse_from([
+            "generate",
+            "--chat",
+            "--system",
+            example["system"].as_str().unwrap(),
+            "--prompt",
+            example["prompt"].as_str().unwrap(),
+        ])
+        .unwrap();
+        let want: Vec<u32> = example["ids"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            generate::prompt_ids(&dir, &a, Some(&tokenizer)).unwrap(),
+            want,
+            "{name}"
+        );
+        // Without --chat the text is encoded as it is (a different prompt).
+        let plain = <generate::Args as clap::Parser>::try_parse_from([
+            "generate",
+            "--prompt",
+            example["prompt"].as_str().unwrap(),
+        ])
+        .unwrap();
+        assert_ne!(
+            generate::prompt_ids(&dir, &plain, Some(&tokenizer)).unwrap(),
+            want
+        );
+    }
+}

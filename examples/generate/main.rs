@@ -14,6 +14,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::tensor::Device;
 use clap::Parser;
+use lmforge::data::chat::{ChatMessage, ChatTemplate};
 use lmforge::data::tokenizer::{HfTokenizer, Tokenizer};
 use lmforge::models::Pretrained;
 use lmforge::models::generate::{
@@ -33,6 +34,13 @@ pub struct Args {
     /// The prompt text.
     #[arg(long, default_value = "Once upon a time")]
     pub prompt: String,
+    /// Send the prompt as a user message through the folder's chat template
+    /// (`tokenizer_config.json` or `chat_template.jinja`), opening the assistant's turn.
+    #[arg(long)]
+    pub chat: bool,
+    /// With `--chat`: a system message before the user's.
+    #[arg(long)]
+    pub system: Option<String>,
     /// The prompt as token ids (comma-separated) instead of text; needed for folders without
     /// a tokenizer.json, whose output is then printed as ids.
     #[arg(long, value_delimiter = ',')]
@@ -188,14 +196,7 @@ fn decode_with<M: Decoder>(
     } else {
         None
     };
-    let prompt: Vec<u32> = match (&args.prompt_ids, &tokenizer) {
-        (Some(ids), _) => ids.clone(),
-        (None, Some(tokenizer)) => tokenizer.encode(&args.prompt, true)?.ids,
-        (None, None) => bail!(
-            "{}: no tokenizer.json; give the prompt as --prompt-ids 1,2,3",
-            dir.display()
-        ),
-    };
+    let prompt = prompt_ids(dir, args, tokenizer.as_ref())?;
     let config = GenerationConfig::new()
         .with_max_new_tokens(args.max_new_tokens)
         .with_min_new_tokens(args.min_new_tokens)
@@ -265,4 +266,29 @@ fn decode_with<M: Decoder>(
         prompt.len()
     );
     Ok(new_tokens)
+}
+
+/// The prompt's ids: `--prompt-ids` as given, or `--prompt` encoded with the folder's
+/// tokenizer, through its chat template with `--chat` (and `--system`).
+pub fn prompt_ids(dir: &Path, args: &Args, tokenizer: Option<&HfTokenizer>) -> Result<Vec<u32>> {
+    Ok(match (&args.prompt_ids, tokenizer) {
+        (Some(_), _) if args.chat => bail!("--chat renders text: give --prompt, not --prompt-ids"),
+        (Some(ids), _) => ids.clone(),
+        (None, Some(tokenizer)) if args.chat => {
+            let template = ChatTemplate::from_folder(dir)?;
+            let mut messages = Vec::new();
+            if let Some(system) = &args.system {
+                messages.push(ChatMessage::new("system", system.as_str()));
+            }
+            messages.push(ChatMessage::new("user", args.prompt.as_str()));
+            let text = template.render(&messages, true)?;
+            // The template writes the special tokens (BOS included) itself.
+            tokenizer.encode(&text, false)?.ids
+        }
+        (None, Some(tokenizer)) => tokenizer.encode(&args.prompt, true)?.ids,
+        (None, None) => bail!(
+            "{}: no tokenizer.json; give the prompt as --prompt-ids 1,2,3",
+            dir.display()
+        ),
+    })
 }

@@ -66,6 +66,10 @@ pub enum DataError {
         /// What is wrong, with the offending values.
         reason: String,
     },
+    /// A chat template is missing, does not parse, or failed to render (a template's own
+    /// `raise_exception` message comes through as it is).
+    #[error("chat template: {0}")]
+    ChatTemplate(String),
     /// The HuggingFace tokenizers library reported an error (bad `tokenizer.json`, training
     /// failure, ...).
     #[error("tokenizer: {0}")]

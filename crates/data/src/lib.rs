@@ -29,6 +29,7 @@
 //! ```
 
 pub mod batcher;
+pub mod chat;
 pub mod dataset;
 mod error;
 pub mod tokenizer;
