@@ -213,11 +213,16 @@ fn generate_example_reproduces_huggingface_on_a_llama_folder() {
         root.join("qwen2_tied").display()
     ));
     assert!(generate::run(&a).unwrap().len() <= 4);
-    let a: generate::Args = args(&format!("--model {}", root.join("llama_gqa").display()));
-    assert!(
-        generate::run(&a).is_err(),
-        "a folder without tokenizer.json needs --prompt-ids"
-    );
+    // A folder without tokenizer.json needs --prompt-ids.
+    let bare = std::env::temp_dir().join(format!("lmforge-bare-{}", std::process::id()));
+    std::fs::create_dir_all(&bare).unwrap();
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(root.join("llama_gqa").join(file), bare.join(file)).unwrap();
+    }
+    let a: generate::Args = args(&format!("--model {}", bare.display()));
+    let err = generate::run(&a).expect_err("no tokenizer.json and no --prompt-ids");
+    assert!(err.to_string().contains("--prompt-ids"), "{err}");
+    std::fs::remove_dir_all(&bare).unwrap();
     // The bf16 folder keeps its parameters in bf16 (the default, --dtype file) and still
     // gives HuggingFace's tokens for that file.
     let bf16 =
@@ -286,6 +291,44 @@ fn generate_example_chat_prompt_equals_huggingface() {
         assert_ne!(
             generate::prompt_ids(&dir, &plain, Some(&tokenizer)).unwrap(),
             want
+        );
+    }
+}
+
+/// `generate --model DIR` alone runs on every decoder fixture folder (GPT-2, Llama, Mistral,
+/// Qwen2, the bf16 Llama): the folder's tokenizer.json (character-level, fitted to the tiny
+/// vocabularies by `tests/fixtures/gen_chat.py`) encodes the default prompt to the ids
+/// HuggingFace's tokenizer gave, and the default number of tokens comes out unless the
+/// end-of-sequence token ends it sooner.
+#[test]
+fn generate_example_runs_on_every_decoder_fixture_folder() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let prompts: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(root.join("chat/tiny_prompts.json")).unwrap())
+            .unwrap();
+    let prompts = prompts.as_object().unwrap();
+    assert_eq!(prompts.len(), 5);
+    for (case, want) in prompts {
+        let dir = root.join("models").join(case);
+        let a: generate::Args = args(&format!("--model {}", dir.display()));
+        let tokenizer =
+            lmforge::data::tokenizer::HfTokenizer::from_file(dir.join("tokenizer.json")).unwrap();
+        let want: Vec<u32> = want
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_u64().unwrap() as u32)
+            .collect();
+        assert_eq!(
+            generate::prompt_ids(&dir, &a, Some(&tokenizer)).unwrap(),
+            want,
+            "{case}: prompt ids"
+        );
+        let out = generate::run(&a).unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert!(
+            !out.is_empty() && out.len() <= a.max_new_tokens,
+            "{case}: {} new tokens",
+            out.len()
         );
     }
 }

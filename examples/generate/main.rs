@@ -197,9 +197,23 @@ fn decode_with<M: Decoder>(
         None
     };
     let prompt = prompt_ids(dir, args, tokenizer.as_ref())?;
+    // More new tokens than the context leaves room for: as many as fit, said on stderr.
+    let mut max_new_tokens = args.max_new_tokens;
+    if let Some(context) = model.max_seq_length()
+        && prompt.len() + max_new_tokens > context
+        && prompt.len() < context
+    {
+        max_new_tokens = context - prompt.len();
+        eprintln!(
+            "--max-new-tokens {} capped to {max_new_tokens}: the model's context is {context} \
+             and the prompt has {} tokens",
+            args.max_new_tokens,
+            prompt.len()
+        );
+    }
     let config = GenerationConfig::new()
-        .with_max_new_tokens(args.max_new_tokens)
-        .with_min_new_tokens(args.min_new_tokens)
+        .with_max_new_tokens(max_new_tokens)
+        .with_min_new_tokens(args.min_new_tokens.min(max_new_tokens))
         .with_do_sample(args.do_sample)
         .with_temperature(args.temperature)
         .with_top_k(args.top_k)
