@@ -211,3 +211,61 @@ fn minilm_sentence_embeddings_match_huggingface() {
     }
     eprintln!("minilm: cosines {cosine:?}");
 }
+
+/// GPT-2 with half-precision parameters: loaded as f16 and as bf16 from the f32 file, every
+/// hidden state and the logits equal (within 1e-4) those of the f32 model with its weights
+/// rounded the same way (burn's cast and product), on every device that stores the dtype; a
+/// device that does not is a typed error; rounding changed the outputs (not vacuous).
+#[test]
+fn gpt2_half_precision_parameters_equal_rounded_f32() {
+    use burn::tensor::DType;
+    use lmforge::models::ModelError;
+    use lmforge::models::pretrained::ParamDtype;
+    use lmforge_device::testing::test_devices;
+
+    let fixture = reference("gpt2_lm");
+    let run = |gpt: &Gpt, device: &Device| {
+        let tokens = tokens(&fixture, "tokens", device);
+        let mask = mask_pad(&fixture, device);
+        let states = gpt.hidden_states(tokens.clone(), Some(mask.clone()));
+        record_hidden(Outputs::new(), states)
+            .float("output.logits", gpt.forward(tokens, Some(mask)))
+    };
+    let exact = Gpt::from_pretrained(folder("gpt2_lm"), reference_device()).unwrap();
+    let mut ran = 0;
+    for (dtype, param_dtype) in [
+        (DType::F16, ParamDtype::F16),
+        (DType::BF16, ParamDtype::Bf16),
+    ] {
+        let rounded = exact
+            .clone()
+            .with_param_dtype(dtype)
+            .and_then(|m| m.with_param_dtype(DType::F32))
+            .unwrap();
+        for selected in test_devices() {
+            let device = &selected.device;
+            let loaded = Gpt::from_pretrained_as(folder("gpt2_lm"), device, param_dtype);
+            if !device.supports_dtype(dtype) {
+                assert!(
+                    matches!(loaded, Err(ModelError::DtypeNotSupported { .. })),
+                    "{selected}: {dtype:?} should be refused"
+                );
+                continue;
+            }
+            let half = loaded.unwrap_or_else(|e| panic!("{selected} {dtype:?}: {e}"));
+            assert_eq!(half.param_dtype(), dtype);
+            let want = run(&rounded.clone().fork(device), device);
+            let problems = run(&half, device).mismatches(&want, tolerance(), "half", "rounded");
+            assert!(problems.is_empty(), "{selected} {dtype:?}: {problems:#?}");
+            let exact = run(&exact.clone().fork(device), device);
+            assert!(
+                !exact
+                    .mismatches(&want, tolerance(), "f32", "rounded")
+                    .is_empty(),
+                "{selected} {dtype:?}: rounding left the outputs within the tolerance"
+            );
+            ran += 1;
+        }
+    }
+    assert!(ran >= 2, "half precision ran on {ran} device/dtype pairs");
+}

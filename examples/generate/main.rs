@@ -16,7 +16,6 @@ use burn::tensor::Device;
 use clap::Parser;
 use lmforge::data::chat::{ChatMessage, ChatTemplate};
 use lmforge::data::tokenizer::{HfTokenizer, Tokenizer};
-use lmforge::models::Pretrained;
 use lmforge::models::generate::{
     BeamConfig, Decoder, GenerationConfig, beam_search, generate_with_detokenizer,
 };
@@ -76,7 +75,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Data type of the parameters in memory: f32, f16, bf16, or file (the file's own: a bf16
-    /// checkpoint stays bf16). Half precision is for the Llama family; activations are f32.
+    /// checkpoint stays bf16). Activations are f32.
     #[arg(long, default_value = "file")]
     pub dtype: ParamDtype,
     /// Backend: flex, ndarray, wgpu, ... (default: LMFORGE_DEVICE or the build's default).
@@ -114,15 +113,9 @@ pub fn run(args: &Args) -> Result<Vec<u32>> {
     let start = Instant::now();
     match model_type.as_str() {
         "gpt2" => {
-            if matches!(args.dtype, ParamDtype::F16 | ParamDtype::Bf16) {
-                bail!(
-                    "--dtype {:?}: half-precision parameters are implemented for the Llama \
-                     family; GPT-2 loads as f32 (--dtype f32 or file)",
-                    args.dtype
-                );
-            }
-            let model = Gpt::from_pretrained(&dir, &device)?;
-            report_load(&model_type, "f32", start);
+            let model = Gpt::from_pretrained_as(&dir, &device, args.dtype)?;
+            let dtype = format!("{:?}", model.param_dtype()).to_lowercase();
+            report_load(&model_type, &dtype, start);
             decode_with(&model, &dir, args, eos, &device)
         }
         "llama" | "mistral" | "qwen2" => {

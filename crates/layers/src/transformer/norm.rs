@@ -59,6 +59,14 @@ impl LayerNorm {
             &[vec![None; D - 1], vec![Some(d_model)]].concat(),
         );
         let beta = self.beta.as_ref().map(|b| b.val());
+        // Parameters kept in another dtype than the activations (half-precision weights, f32
+        // activations): the scale and shift are cast to the activations' dtype.
+        let (gamma, beta) = if gamma.dtype() == x.dtype() {
+            (gamma, beta)
+        } else {
+            let dtype = x.dtype();
+            (gamma.cast(dtype), beta.map(|b| b.cast(dtype)))
+        };
         #[cfg(feature = "flex")]
         if let Some(beta) = &beta
             && let Some(y) = crate::fused::layer_norm::layer_norm(&x, &gamma, beta, self.epsilon)

@@ -4,7 +4,7 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, Linear};
-use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, Distribution, Int, Tensor, TensorData};
 use lmforge_layers::position::{LearnedPositions, LearnedPositionsConfig};
 use lmforge_layers::transformer::{
     BlockConfig, DecoderBlock, FeedForwardActivation, Norm, NormKind, normal_linear,
@@ -282,6 +282,24 @@ impl Gpt {
         states
     }
 
+    /// The dtype the parameters are kept in (`f32` unless loaded with
+    /// [`Gpt::from_pretrained_as`] or cast with [`Gpt::with_param_dtype`]); activations are
+    /// `f32` regardless.
+    pub fn param_dtype(&self) -> DType {
+        self.token_embedding.weight.val().dtype()
+    }
+
+    /// The model with its parameters cast to `dtype` (`F32`, `F16` or `BF16`; see
+    /// [`crate::pretrained::ParamDtype`] for what each device does with half precision).
+    ///
+    /// # Errors
+    /// [`ModelError::DtypeNotSupported`] when the model's device cannot hold `dtype`;
+    /// [`ModelError::InvalidConfig`] for a dtype that is not a float format lmforge runs.
+    pub fn with_param_dtype(self, dtype: DType) -> Result<Self, ModelError> {
+        let device = self.token_embedding.weight.val().device();
+        crate::pretrained::cast_params(self, &device, dtype, "Gpt")
+    }
+
     /// Projects final hidden states to vocabulary logits (tied embedding or `lm_head`).
     ///
     /// # Shapes
@@ -319,7 +337,15 @@ impl Gpt {
                 self.positions.embedding.forward(ids)
             }
         };
-        let x = self.token_embedding.forward(tokens) + positions;
+        // Half-precision parameters: the activations are f32 all the same.
+        let f32 = |t: Tensor<3>| {
+            if t.dtype() == DType::F32 {
+                t
+            } else {
+                t.cast(DType::F32)
+            }
+        };
+        let x = f32(self.token_embedding.forward(tokens)) + f32(positions);
         let x = self.dropout.forward(x);
         let x = inputs.run_blocks(&self.blocks, x, cache, states);
         self.norm.forward(x)

@@ -6,13 +6,15 @@
 
 use std::path::Path;
 
-use burn::tensor::{Device, TensorData};
+use burn::tensor::{DType, Device, TensorData};
 use serde_json::json;
 
 use super::model::{Gpt, GptConfig};
 use crate::error::ModelError;
 use crate::pretrained::weights::{embedding, linear, norm};
-use crate::pretrained::{self, Exporter, HfConfig, Loader, Pretrained, Visitor, Weights};
+use crate::pretrained::{
+    self, Exporter, HfConfig, Loader, ParamDtype, Pretrained, Visitor, Weights,
+};
 use lmforge_layers::transformer::FeedForwardActivation;
 
 const QKV: [&str; 3] = ["q", "k", "v"];
@@ -199,6 +201,13 @@ fn join_qkv(exporter: &mut Exporter, prefix: &str, n_layers: usize) {
 fn split_last_dim(data: TensorData, n: usize) -> Vec<TensorData> {
     let shape = data.shape().to_vec();
     let width = shape[shape.len() - 1] / n;
+    // Half-precision tensors (kept as read) are split in f32 and narrowed again by the loader
+    // (exactly: widening and narrowing back changes no value).
+    let data = if data.dtype() == DType::F32 {
+        data
+    } else {
+        data.convert_dtype(DType::F32)
+    };
     let values = data.try_to_vec::<f32>().expect("weights are f32");
     let mut part_shape = shape.clone();
     *part_shape.last_mut().expect("rank >= 1") = width;
@@ -232,31 +241,66 @@ fn join_last_dim(parts: &[TensorData]) -> TensorData {
     TensorData::new(joined, shape)
 }
 
+impl Gpt {
+    /// [`Pretrained::from_pretrained`] with the parameters kept in `dtype`
+    /// ([`ParamDtype::File`]: the file's own; see [`ParamDtype`] for what each device does).
+    ///
+    /// # Errors
+    /// As [`Pretrained::from_pretrained`], and [`ModelError::DtypeNotSupported`] when
+    /// `device` cannot hold the dtype.
+    pub fn from_pretrained_as(
+        dir: impl AsRef<Path>,
+        device: &Device,
+        dtype: ParamDtype,
+    ) -> Result<Self, ModelError> {
+        let dir = dir.as_ref();
+        let config = GptConfig::from_hf(&pretrained::read_config(dir)?)?;
+        if let ParamDtype::F16 | ParamDtype::Bf16 = dtype {
+            pretrained::check_dtype(dtype.resolve(None), device)?;
+        }
+        let mut weights = pretrained::read_weights_keeping(dir, dtype != ParamDtype::F32)?;
+        let dtype = dtype.resolve(weights.float_dtype());
+        pretrained::check_dtype(dtype, device)?;
+        load(config, &mut weights, device, dtype)
+    }
+}
+
+/// Builds the model of `config` and sets its parameters (as `dtype`) from `weights`.
+fn load(
+    config: GptConfig,
+    weights: &mut Weights,
+    device: &Device,
+    dtype: DType,
+) -> Result<Gpt, ModelError> {
+    pretrained::check_config_size("GptConfig", parameter_count(&config), weights)?;
+    let mut gpt = config.init(device)?;
+    let prefix = if weights.has_prefix("transformer.") {
+        "transformer."
+    } else {
+        ""
+    };
+    split_qkv(weights, prefix, config.n_layers, config.d_model)?;
+    for i in 0..config.n_layers {
+        // Causal-mask buffers of older checkpoints: lmforge builds its own mask.
+        weights.ignore(&format!("{prefix}h.{i}.attn.bias"));
+        weights.ignore(&format!("{prefix}h.{i}.attn.masked_bias"));
+    }
+    if config.tie_embeddings {
+        // Some files store the tied head anyway; it is the token embedding.
+        weights.ignore("lm_head.weight");
+    }
+    visit(&mut gpt, &mut Loader::with_dtype(weights, dtype), prefix)?;
+    weights.finish()?;
+    Ok(gpt)
+}
+
 impl Pretrained for Gpt {
-    /// Loads a `GPT2LMHeadModel` (`transformer.` prefix) or `GPT2Model` (no prefix) folder.
+    /// Loads a `GPT2LMHeadModel` (`transformer.` prefix) or `GPT2Model` (no prefix) folder,
+    /// parameters in `f32` ([`Gpt::from_pretrained_as`] keeps half precision).
     fn from_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<Self, ModelError> {
         let config = GptConfig::from_hf(&pretrained::read_config(dir.as_ref())?)?;
         let mut weights = pretrained::read_weights(dir.as_ref())?;
-        pretrained::check_config_size("GptConfig", parameter_count(&config), &weights)?;
-        let mut gpt = config.init(device)?;
-        let prefix = if weights.has_prefix("transformer.") {
-            "transformer."
-        } else {
-            ""
-        };
-        split_qkv(&mut weights, prefix, config.n_layers, config.d_model)?;
-        for i in 0..config.n_layers {
-            // Causal-mask buffers of older checkpoints: lmforge builds its own mask.
-            weights.ignore(&format!("{prefix}h.{i}.attn.bias"));
-            weights.ignore(&format!("{prefix}h.{i}.attn.masked_bias"));
-        }
-        if config.tie_embeddings {
-            // Some files store the tied head anyway; it is the token embedding.
-            weights.ignore("lm_head.weight");
-        }
-        visit(&mut gpt, &mut Loader::new(&mut weights), prefix)?;
-        weights.finish()?;
-        Ok(gpt)
+        load(config, &mut weights, device, DType::F32)
     }
 
     /// Writes a `GPT2LMHeadModel` folder.

@@ -2,7 +2,7 @@
 //! rotary attention and SwiGLU feed-forward, a final RMSNorm and a language-model head.
 
 use burn::config::Config;
-use burn::module::{Module, ModuleMapper, Param};
+use burn::module::Module;
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
 use burn::tensor::{Bool, DType, Device, Int, Tensor};
 use lmforge_layers::position::{RopeConfig, RopeScaling};
@@ -323,22 +323,8 @@ impl Llama {
     /// [`ModelError::DtypeNotSupported`] when the model's device cannot hold `dtype`;
     /// [`ModelError::InvalidConfig`] for a dtype that is not a float format lmforge runs.
     pub fn with_param_dtype(self, dtype: DType) -> Result<Self, ModelError> {
-        if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
-            return Err(ModelError::InvalidConfig {
-                model: "Llama",
-                reason: format!("parameters in {dtype:?}: expected F32, F16 or BF16"),
-            });
-        }
         let device = self.token_embedding.weight.val().device();
-        crate::pretrained::check_dtype(dtype, &device)?;
-        struct Cast(DType);
-        impl ModuleMapper for Cast {
-            fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-                let dtype = self.0;
-                param.map(|t| if t.dtype() == dtype { t } else { t.cast(dtype) })
-            }
-        }
-        Ok(self.map(&mut Cast(dtype)))
+        crate::pretrained::cast_params(self, &device, dtype, "Llama")
     }
 
     /// Projects final hidden states to vocabulary logits (`lm_head` or tied embedding).

@@ -9,8 +9,8 @@
 //! `BertForQuestionAnswering`, names with or without the `bert.` prefix) into the types of
 //! [`crate::bert`]. Tied weights absent from the file (GPT-2's `lm_head`, BERT's MLM decoder)
 //! are taken from the embedding they are tied to. Half-precision files are widened to `f32`,
-//! or, for the Llama family, kept in half precision ([`ParamDtype`],
-//! [`crate::llama::Llama::from_pretrained_as`]).
+//! or, for the decoders (GPT-2 and the Llama family), kept in half precision ([`ParamDtype`],
+//! [`crate::llama::Llama::from_pretrained_as`], [`crate::gpt::Gpt::from_pretrained_as`]).
 //! Weights come from one `model.safetensors` or from the shards a
 //! `model.safetensors.index.json` lists.
 //!
@@ -113,6 +113,33 @@ pub(crate) fn check_dtype(dtype: DType, device: &Device) -> Result<(), ModelErro
         device: format!("{device:?}"),
         supported: supported.join(", "),
     })
+}
+
+/// `module` with every float parameter cast to `dtype` (`F32`, `F16` or `BF16`), after
+/// checking that `device` (the module's) can hold it.
+pub(crate) fn cast_params<M: burn::module::Module>(
+    module: M,
+    device: &Device,
+    dtype: DType,
+    model: &'static str,
+) -> Result<M, ModelError> {
+    use burn::module::{ModuleMapper, Param};
+    use burn::tensor::Tensor;
+    if !matches!(dtype, DType::F32 | DType::F16 | DType::BF16) {
+        return Err(ModelError::InvalidConfig {
+            model,
+            reason: format!("parameters in {dtype:?}: expected F32, F16 or BF16"),
+        });
+    }
+    check_dtype(dtype, device)?;
+    struct Cast(DType);
+    impl ModuleMapper for Cast {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let dtype = self.0;
+            param.map(|t| if t.dtype() == dtype { t } else { t.cast(dtype) })
+        }
+    }
+    Ok(module.map(&mut Cast(dtype)))
 }
 
 /// A model that reads and writes HuggingFace model folders.
