@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
-use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use burn::tensor::{Bool, DType, Device, Int, Tensor, TensorData};
 use lmforge::models::ModelError;
 use lmforge::models::Pretrained;
 use lmforge::models::bert::{
@@ -446,12 +446,14 @@ fn edited_checkpoint(
     let views: Vec<(String, safetensors::tensor::TensorView)> = tensors
         .iter()
         .map(|(name, data)| {
-            let view = safetensors::tensor::TensorView::new(
-                safetensors::Dtype::F32,
-                data.shape().to_vec(),
-                data.as_bytes(),
-            )
-            .unwrap();
+            let dtype = match data.dtype() {
+                DType::I64 => safetensors::Dtype::I64,
+                DType::I32 => safetensors::Dtype::I32,
+                _ => safetensors::Dtype::F32,
+            };
+            let view =
+                safetensors::tensor::TensorView::new(dtype, data.shape().to_vec(), data.as_bytes())
+                    .unwrap();
             (name.clone(), view)
         })
         .collect();
@@ -579,6 +581,25 @@ fn import_errors_are_typed_and_name_the_problem() {
         other => panic!("expected a shape mismatch, got {other}"),
     }
     assert!(err.to_string().contains("[8, 16]") && err.to_string().contains("[16, 16]"));
+
+    // An integer tensor where a float weight is expected (a weight, and the stacked
+    // attention tensor GPT-2 splits): refused, naming the tensor, not converted.
+    for name in [
+        "transformer.h.0.ln_1.weight",
+        "transformer.h.1.attn.c_attn.weight",
+    ] {
+        let dir = edited_checkpoint("int-weight", "gpt2_lm", |t| {
+            let entry = t.iter_mut().find(|(n, _)| n == name).unwrap();
+            let shape = entry.1.shape().to_vec();
+            let count = shape.iter().product::<usize>();
+            entry.1 = TensorData::new(vec![1i64; count], shape);
+        });
+        let err = gpt_error(&dir);
+        assert!(
+            matches!(&err, ModelError::UnsupportedDtype { name: n, dtype, .. } if n == name && dtype == "I64"),
+            "{err}"
+        );
+    }
 
     // A stacked attention tensor of the wrong shape names the stacked tensor.
     let dir = edited_checkpoint("qkv", "gpt2_lm", |t| {

@@ -168,6 +168,7 @@ fn split_qkv(
             };
             weights.check_shape(&name, &shape, &expected)?;
             let data = weights.remove(&name).expect("present");
+            weights.check_float(&name, &data)?;
             for (part, qkv) in split_last_dim(data, 3).into_iter().zip(QKV) {
                 weights.insert(format!("{prefix}h.{i}.attn.c_attn[{qkv}].{suffix}"), part);
             }

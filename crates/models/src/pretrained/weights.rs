@@ -196,6 +196,20 @@ impl Weights {
         Ok(self.tensors.remove(name).expect("looked up above"))
     }
 
+    /// `Err(UnsupportedDtype)` unless `data` holds floats (an integer buffer where a weight
+    /// is expected is a broken or mismatched checkpoint, not something to convert).
+    pub(crate) fn check_float(&self, name: &str, data: &TensorData) -> Result<(), ModelError> {
+        if data.dtype().is_float() {
+            Ok(())
+        } else {
+            Err(ModelError::UnsupportedDtype {
+                path: self.path.clone(),
+                name: name.to_string(),
+                dtype: format!("{:?}", data.dtype()),
+            })
+        }
+    }
+
     /// `Err(ShapeMismatch)` unless `actual == expected`.
     pub(crate) fn check_shape(
         &self,
@@ -387,6 +401,7 @@ impl Visitor for Loader<'_> {
             expected.swap(D - 2, D - 1);
         }
         let data = self.weights.take(name, &expected)?;
+        self.weights.check_float(name, &data)?;
         let data = if data.dtype() == self.dtype {
             data
         } else {
