@@ -85,25 +85,31 @@ simd_dispatch! {
     }
 }
 
-simd_dispatch! {
-    /// `y += Σ_t xs[t] w[start + t stride ..][..y.len()]`.
-    fn accumulate(y: &mut [f32], xs: &[f32], w: &[f32], start: usize, stride: usize) {
-        let c = y.len();
-        let row = |t: usize| &w[start + t * stride..start + t * stride + c];
-        match xs.len() {
-            4 => {
-                let (w0, w1, w2, w3) = (row(0), row(1), row(2), row(3));
-                let (a, b, d, e) = (xs[0], xs[1], xs[2], xs[3]);
-                for j in 0..c {
-                    y[j] += a * w0[j] + b * w1[j] + d * w2[j] + e * w3[j];
-                }
+/// `y += Σ_t xs[t] wide(w[start + t stride ..][..y.len()])`: the loop both element types
+/// share, inlined into each `simd_dispatch!` body so it vectorizes for the CPU's features.
+#[inline(always)]
+fn accumulate_rows<T: Copy>(
+    y: &mut [f32],
+    xs: &[f32],
+    w: &[T],
+    (start, stride): (usize, usize),
+    wide: impl Fn(T) -> f32,
+) {
+    let c = y.len();
+    let row = |t: usize| &w[start + t * stride..start + t * stride + c];
+    match xs.len() {
+        4 => {
+            let (w0, w1, w2, w3) = (row(0), row(1), row(2), row(3));
+            let (a, b, d, e) = (xs[0], xs[1], xs[2], xs[3]);
+            for j in 0..c {
+                y[j] += a * wide(w0[j]) + b * wide(w1[j]) + d * wide(w2[j]) + e * wide(w3[j]);
             }
-            _ => {
-                for (t, &a) in xs.iter().enumerate() {
-                    let w = row(t);
-                    for j in 0..c {
-                        y[j] += a * w[j];
-                    }
+        }
+        _ => {
+            for (t, &a) in xs.iter().enumerate() {
+                let w = row(t);
+                for j in 0..c {
+                    y[j] += a * wide(w[j]);
                 }
             }
         }
@@ -111,29 +117,17 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
+    /// `y += Σ_t xs[t] w[start + t stride ..][..y.len()]`.
+    fn accumulate(y: &mut [f32], xs: &[f32], w: &[f32], start: usize, stride: usize) {
+        accumulate_rows(y, xs, w, (start, stride), |v| v);
+    }
+}
+
+simd_dispatch! {
     /// `y += Σ_t xs[t] w[start + t stride ..][..y.len()]`, the bf16 weights widened as they
-    /// are read.
+    /// are read (a bf16 is the upper half of an f32).
     fn accumulate_bf16(y: &mut [f32], xs: &[f32], w: &[bf16], start: usize, stride: usize) {
-        let c = y.len();
-        let wide = |b: bf16| f32::from_bits(u32::from(b.to_bits()) << 16);
-        let row = |t: usize| &w[start + t * stride..start + t * stride + c];
-        match xs.len() {
-            4 => {
-                let (w0, w1, w2, w3) = (row(0), row(1), row(2), row(3));
-                let (a, b, d, e) = (xs[0], xs[1], xs[2], xs[3]);
-                for j in 0..c {
-                    y[j] += a * wide(w0[j]) + b * wide(w1[j]) + d * wide(w2[j]) + e * wide(w3[j]);
-                }
-            }
-            _ => {
-                for (t, &a) in xs.iter().enumerate() {
-                    let w = row(t);
-                    for j in 0..c {
-                        y[j] += a * wide(w[j]);
-                    }
-                }
-            }
-        }
+        accumulate_rows(y, xs, w, (start, stride), |b| f32::from_bits(u32::from(b.to_bits()) << 16));
     }
 }
 

@@ -256,12 +256,7 @@ impl Gpt {
     ) -> Result<Self, ModelError> {
         let dir = dir.as_ref();
         let config = GptConfig::from_hf(&pretrained::read_config(dir)?)?;
-        if let ParamDtype::F16 | ParamDtype::Bf16 = dtype {
-            pretrained::check_dtype(dtype.resolve(None), device)?;
-        }
-        let mut weights = pretrained::read_weights_keeping(dir, dtype != ParamDtype::F32)?;
-        let dtype = dtype.resolve(weights.float_dtype());
-        pretrained::check_dtype(dtype, device)?;
+        let (mut weights, dtype) = pretrained::read_weights_as(dir, device, dtype)?;
         load(config, &mut weights, device, dtype)
     }
 }
@@ -299,9 +294,7 @@ impl Pretrained for Gpt {
     /// Loads a `GPT2LMHeadModel` (`transformer.` prefix) or `GPT2Model` (no prefix) folder,
     /// parameters in `f32` ([`Gpt::from_pretrained_as`] keeps half precision).
     fn from_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<Self, ModelError> {
-        let config = GptConfig::from_hf(&pretrained::read_config(dir.as_ref())?)?;
-        let mut weights = pretrained::read_weights(dir.as_ref())?;
-        load(config, &mut weights, device, DType::F32)
+        Gpt::from_pretrained_as(dir, device, ParamDtype::F32)
     }
 
     /// Writes a `GPT2LMHeadModel` folder.

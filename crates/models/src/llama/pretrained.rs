@@ -390,14 +390,7 @@ impl Llama {
     ) -> Result<Self, ModelError> {
         let dir = dir.as_ref();
         let config = LlamaConfig::from_hf(&pretrained::read_config(dir)?)?;
-        // Which dtypes the file holds is only known once it is read: check what can be
-        // checked before, the rest after.
-        if let ParamDtype::F16 | ParamDtype::Bf16 = dtype {
-            pretrained::check_dtype(dtype.resolve(None), device)?;
-        }
-        let mut weights = pretrained::read_weights_keeping(dir, dtype != ParamDtype::F32)?;
-        let dtype = dtype.resolve(weights.float_dtype());
-        pretrained::check_dtype(dtype, device)?;
+        let (mut weights, dtype) = pretrained::read_weights_as(dir, device, dtype)?;
         load(config, &mut weights, device, dtype)
     }
 }
@@ -429,9 +422,7 @@ impl Pretrained for Llama {
     /// `model.safetensors` or shards with an index), parameters in `f32`
     /// ([`Llama::from_pretrained_as`] keeps half precision).
     fn from_pretrained(dir: impl AsRef<Path>, device: &Device) -> Result<Self, ModelError> {
-        let config = LlamaConfig::from_hf(&pretrained::read_config(dir.as_ref())?)?;
-        let mut weights = pretrained::read_weights(dir.as_ref())?;
-        load(config, &mut weights, device, DType::F32)
+        Llama::from_pretrained_as(dir, device, ParamDtype::F32)
     }
 
     /// Writes a folder of the model's family (`config.json`, one `model.safetensors`).

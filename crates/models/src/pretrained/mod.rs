@@ -94,6 +94,24 @@ impl std::str::FromStr for ParamDtype {
     }
 }
 
+/// The weights of the folder `dir` for parameters kept in `dtype`, and the dtype that
+/// resolves to: half-precision tensors are kept as read unless `dtype` is `F32`. An explicit
+/// half dtype the device cannot hold is refused before the file is read; the file's own
+/// dtype once it is known.
+pub(crate) fn read_weights_as(
+    dir: &Path,
+    device: &Device,
+    dtype: ParamDtype,
+) -> Result<(Weights, DType), ModelError> {
+    if let ParamDtype::F16 | ParamDtype::Bf16 = dtype {
+        check_dtype(dtype.resolve(None), device)?;
+    }
+    let weights = read_weights_keeping(dir, dtype != ParamDtype::F32)?;
+    let resolved = dtype.resolve(weights.float_dtype());
+    check_dtype(resolved, device)?;
+    Ok((weights, resolved))
+}
+
 /// `Err(DtypeNotSupported)` unless `device` can store and compute with `dtype`.
 pub(crate) fn check_dtype(dtype: DType, device: &Device) -> Result<(), ModelError> {
     if device.supports_dtype(dtype) {
