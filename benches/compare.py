@@ -21,7 +21,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ["gpt-train", "lstm-train", "bert-mlm-train", "gpt-generate", "llama-generate",
-         "llama-generate-bf16", "minilm-forward", "matmul"]
+         "llama-generate-bf16", "gpt-generate-f32", "gpt-generate-int8", "gpt-generate-int4",
+         "minilm-forward", "matmul"]
+# Cases whose PyTorch twin is another case: PyTorch has no packed int4 CPU path in
+# torch.ao, so int4 decoding is compared with PyTorch's dynamic int8 model.
+TWINS = {"gpt-generate-int4": "gpt-generate-int8"}
 
 
 def run(command, threads):
@@ -44,7 +48,8 @@ def compare(args, case, seq=None, width=None):
     sides = {
         "lmforge": [str(args.bench), "--device", args.device] + common,
         "pytorch": [sys.executable, str(ROOT / "benches/torch_cases.py"),
-                    "--threads", str(args.threads)] + common,
+                    "--threads", str(args.threads),
+                    "--case", TWINS.get(case, case)] + common[2:],
     }
     results = {"lmforge": [], "pytorch": []}
     for round_ in range(args.rounds):
@@ -70,14 +75,26 @@ def compare(args, case, seq=None, width=None):
             "pytorch_step_ms_min": min(m["step_ms_min"] for m in theirs),
             "lmforge_peak_rss_mib": max(m["peak_rss_mib"] or 0 for m in ours),
             "pytorch_peak_rss_mib": max(m["peak_rss_mib"] or 0 for m in theirs),
+            "pytorch_case": theirs[0]["case"],
+            "lmforge_weights_rss_mib": median_or_none(m.get("weights_rss_mib") for m in ours),
+            "pytorch_weights_rss_mib": median_or_none(m.get("weights_rss_mib") for m in theirs),
             "cpu_peak_gflops": first.get("cpu_peak_gflops"),
             "threads": args.threads,
         })
     return rows
 
 
+def median_or_none(values):
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def mib(value):
+    return "-" if value is None else f"{value:.0f}"
+
+
 def sizes(row):
-    keep = ("seq", "width", "hidden", "n")
+    keep = ("seq", "width", "hidden", "n", "weights")
     return ", ".join(f"{k} {v}" for k, v in row["config"].items() if k in keep)
 
 
@@ -109,15 +126,17 @@ def main():
         cases = CASES if args.case == "all" else [args.case]
         plan = [(case, args.seq, args.width) for case in cases]
 
-    print(f"| case | sizes | lmforge | PyTorch | ratio | peak MiB (lmforge / PyTorch) |")
-    print("|---|---|---:|---:|---:|---|")
+    print("| case | sizes | lmforge | PyTorch | ratio | peak MiB (lmforge / PyTorch) "
+          "| weights MiB (lmforge / PyTorch) |")
+    print("|---|---|---:|---:|---:|---|---|")
     rows = []
     for case, seq, width in plan:
         for row in compare(args, case, seq, width):
             rows.append(row)
             print(f"| {row['case']} | {sizes(row)} | {row['lmforge']:.0f} | {row['pytorch']:.0f} "
                   f"{row['unit']} | {row['ratio']:.2f} | {row['lmforge_peak_rss_mib']:.0f} / "
-                  f"{row['pytorch_peak_rss_mib']:.0f} |", flush=True)
+                  f"{row['pytorch_peak_rss_mib']:.0f} | {mib(row['lmforge_weights_rss_mib'])} / "
+                  f"{mib(row['pytorch_weights_rss_mib'])} |", flush=True)
     if any(r["cpu_peak_gflops"] for r in rows):
         peak = next(r["cpu_peak_gflops"] for r in rows if r["cpu_peak_gflops"])
         print(f"\nCPU peak estimate at {args.threads} threads: {peak:.0f} GFLOP/s "

@@ -19,7 +19,7 @@ import torch
 from transformers import BertConfig, BertForMaskedLM, BertModel, GPT2Config, GPT2LMHeadModel
 
 CASES = ["gpt-train", "lstm-train", "bert-mlm-train", "gpt-generate", "llama-generate",
-         "llama-generate-bf16",
+         "llama-generate-bf16", "gpt-generate-f32", "gpt-generate-int8",
          "minilm-forward", "matmul"]
 
 
@@ -36,6 +36,26 @@ def peak_rss_mib():
         with open("/proc/self/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return None
+
+
+def resident_mib():
+    """Resident memory now, MiB, after returning freed heap memory to the system (glibc)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except OSError:
+        pass
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
                     return int(line.split()[1]) / 1024.0
     except OSError:
         pass
@@ -211,6 +231,56 @@ def llama_generate(args, dtype="f32"):
     return measurement(args, case, timed_greedy(args, model, prompt, new), new, config)
 
 
+def linear_gpt2(config):
+    """HuggingFace GPT2LMHeadModel with its `Conv1D` layers replaced by the equivalent
+    `nn.Linear` (weight transposed), so that `quantize_dynamic` quantizes them."""
+    from transformers.pytorch_utils import Conv1D
+
+    model = GPT2LMHeadModel(config).eval()
+
+    def swap(parent):
+        for name, child in parent.named_children():
+            if isinstance(child, Conv1D):
+                n_in, n_out = child.weight.shape
+                linear = torch.nn.Linear(n_in, n_out)
+                with torch.no_grad():
+                    linear.weight.copy_(child.weight.t())
+                    linear.bias.copy_(child.bias)
+                setattr(parent, name, linear)
+            else:
+                swap(child)
+
+    swap(model)
+    return model
+
+
+def gpt2_generate(args, weights="f32"):
+    """GPT-2 small's shape (random weights), batch 1, prompt 16, 128 new tokens; `int8`:
+    `torch.ao.quantization.quantize_dynamic` on every `nn.Linear` (int8 weights per output
+    channel, as lmforge's; activations quantized per call; embeddings stay f32)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning)
+    s = {"vocab": 50257, "width": 768, "layers": 12, "heads": 12}
+    prompt_length, new = 16, 128
+    config = GPT2Config(vocab_size=s["vocab"], n_positions=1024, n_embd=s["width"],
+                        n_layer=s["layers"], n_head=s["heads"], resid_pdrop=0.0,
+                        embd_pdrop=0.0, attn_pdrop=0.0, bos_token_id=0, eos_token_id=0)
+    before = resident_mib()
+    model = linear_gpt2(config)
+    if weights == "int8":
+        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+        model = torch.ao.quantization.quantize_dynamic(
+            model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
+    after = resident_mib()
+    prompt = torch.tensor(token_rows(1, prompt_length, s["vocab"], 6))
+    config = dict(s, batch=1, prompt=prompt_length, new_tokens=new, weights=weights)
+    m = measurement(args, f"gpt-generate-{weights}", timed_greedy(args, model, prompt, new),
+                    new, config)
+    m["weights_rss_mib"] = after - before if before is not None and after is not None else None
+    return m
+
+
 def minilm_forward(args):
     width = args.width or 384
     s = {"vocab": 30522, "width": width, "layers": 6, "heads": 12,
@@ -261,6 +331,8 @@ def main():
                  "bert-mlm-train": bert_mlm_train, "gpt-generate": gpt_generate,
                  "llama-generate": llama_generate,
                  "llama-generate-bf16": lambda a: llama_generate(a, "bf16"),
+                 "gpt-generate-f32": gpt2_generate,
+                 "gpt-generate-int8": lambda a: gpt2_generate(a, "int8"),
                  "minilm-forward": minilm_forward, "matmul": matmul}
     for case in CASES if args.case == "all" else [args.case]:
         if case not in functions:

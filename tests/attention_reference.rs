@@ -40,8 +40,8 @@ fn attention_with_padding_and_causal_masks_matches_pytorch() {
         let grads = loss.backward();
         // PyTorch layout: in_proj stacks q, k, v as [3 d_model, d_model]; burn's Linear stores
         // [d_in, d_out], hence the transposes.
-        let grad_w = |l: &burn::nn::Linear| l.weight.grad(&grads).unwrap().transpose();
-        let grad_b = |l: &burn::nn::Linear| l.bias.as_ref().unwrap().grad(&grads).unwrap();
+        let grad_w = |l: &lmforge::layers::Linear| l.weight.grad(&grads).unwrap().transpose();
+        let grad_b = |l: &lmforge::layers::Linear| l.bias.as_ref().unwrap().grad(&grads).unwrap();
         Outputs::new()
             .float("output.context", out.context)
             .float("output.weights", weights)

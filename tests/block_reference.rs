@@ -4,8 +4,8 @@
 //! enabled device.
 
 use burn::module::Param;
-use burn::nn::Linear;
 use burn::tensor::{Device, Gradients, Int, Tensor};
+use lmforge::layers::Linear;
 use lmforge::layers::attention::padding_mask;
 use lmforge::layers::transformer::{BlockConfig, FeedForwardActivation, Norm};
 use lmforge_device::testing::{

@@ -10,6 +10,9 @@
 //! | `gpt-generate` | greedy generation with the KV cache on the `gpt-train` shape: batch 1, prompt 16, 256 new tokens |
 //! | `llama-generate` | greedy generation with the KV cache of a ~100M-parameter grouped-query Llama (8 layers, width 768, 12 query / 4 key-value heads, FFN 2048, vocab 32000, untied): batch 1, prompt 16, 128 new tokens |
 //! | `llama-generate-bf16` | `llama-generate` with the parameters in bf16 (activations f32) |
+//! | `gpt-generate-f32` | greedy generation with the KV cache of a GPT-2-small-size model (12 layers, width 768, 12 heads, vocab 50257, tied embeddings; random weights): batch 1, prompt 16, 128 new tokens |
+//! | `gpt-generate-int8` | `gpt-generate-f32` with every `Linear` and `Embedding` quantized to int8 per channel and kept packed |
+//! | `gpt-generate-int4` | the same with int4 in blocks of 32 |
 //! | `minilm-forward` | inference forward of a MiniLM-size BERT encoder (6 layers, 384, 12 heads): batch 8 x 128 |
 //! | `matmul` | `[n, n] x [n, n]` float matmul for n = 256, 512, 1024, in GFLOP/s |
 //!
@@ -19,7 +22,10 @@
 //!
 //! Each case prints one JSON line: tokens/s from the median step time, the minimum and median
 //! step times, and the process's peak resident memory (Linux: reset before the case through
-//! `/proc/self/clear_refs`, read from `VmHWM` after it).
+//! `/proc/self/clear_refs`, read from `VmHWM` after it). The `gpt-generate-*` cases also report
+//! `weights_rss_mib`: the resident memory the model holds, measured as the growth of `VmRSS`
+//! from before the model is built to after it is built (and quantized), freed memory returned
+//! to the system first.
 //!
 //! The binary (`cargo run --release -p lmforge-bench -- --case all`) prints the lines; the
 //! library runs a case from Rust:
@@ -40,6 +46,7 @@ use anyhow::{Context, Result, bail};
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
+use lmforge::compression::quantize::{self, QuantScheme, QuantizeConfig};
 use lmforge::data::batcher::BatcherConfig;
 use lmforge::data::tokenizer::Encoding;
 use lmforge::models::bert::{BertConfig, BertInput};
@@ -56,13 +63,16 @@ use serde::Serialize;
 use serde_json::json;
 
 /// The benchmark cases, in the order `all` runs them.
-pub const CASES: [&str; 8] = [
+pub const CASES: [&str; 11] = [
     "gpt-train",
     "lstm-train",
     "bert-mlm-train",
     "gpt-generate",
     "llama-generate",
     "llama-generate-bf16",
+    "gpt-generate-f32",
+    "gpt-generate-int8",
+    "gpt-generate-int4",
     "minilm-forward",
     "matmul",
 ];
@@ -115,6 +125,8 @@ pub struct Measurement {
     pub step_ms_median: f64,
     /// Peak resident memory of the process during the case, MiB (Linux only).
     pub peak_rss_mib: Option<f64>,
+    /// Resident memory the model's weights take, MiB (generation cases on Linux; module docs).
+    pub weights_rss_mib: Option<f64>,
     /// The sizes the case ran with.
     pub config: serde_json::Value,
 }
@@ -143,6 +155,13 @@ pub fn run(case: &str, device: &Device, options: &Options) -> Result<Vec<Measure
         "gpt-generate" => vec![gpt_generate(device, options)?],
         "llama-generate" => vec![llama_generate(device, options, DType::F32)?],
         "llama-generate-bf16" => vec![llama_generate(device, options, DType::BF16)?],
+        "gpt-generate-f32" => vec![gpt2_generate(device, options, None)?],
+        "gpt-generate-int8" => vec![gpt2_generate(
+            device,
+            options,
+            Some(QuantScheme::Int8PerChannel),
+        )?],
+        "gpt-generate-int4" => vec![gpt2_generate(device, options, Some(QuantScheme::int4()))?],
         "minilm-forward" => vec![minilm_forward(device, options)?],
         "matmul" => matmul(device, options)?,
         other => bail!("unknown case `{other}`; the cases are {}", CASES.join(", ")),
@@ -199,6 +218,7 @@ impl Timing {
             step_ms_min: self.min * 1e3,
             step_ms_median: self.median * 1e3,
             peak_rss_mib: None,
+            weights_rss_mib: None,
             config,
         }
     }
@@ -406,6 +426,50 @@ fn gpt_generate(device: &Device, options: &Options) -> Result<Measurement> {
     Ok(timing.measurement("gpt-generate", device, new, json))
 }
 
+/// GPT-2 small's shape (tiny: a few layers of width 32), in `f32` or quantized and packed.
+fn gpt2_generate(
+    device: &Device,
+    options: &Options,
+    scheme: Option<QuantScheme>,
+) -> Result<Measurement> {
+    let config = if options.tiny {
+        GptConfig::new(500)
+            .with_d_model(64)
+            .with_n_layers(2)
+            .with_n_heads(2)
+            .with_max_seq_length(64)
+    } else {
+        GptConfig::gpt2_small()
+    }
+    .with_dropout(0.0)
+    .with_attention_dropout(0.0);
+    let (prompt_length, new) = if options.tiny { (4, 8) } else { (16, 128) };
+    device.seed(0);
+    let before = resident_mib();
+    let model = config.init(device)?;
+    let model = match scheme {
+        Some(scheme) => quantize::quantize(model, &QuantizeConfig::new(scheme))?.model,
+        None => model,
+    };
+    device.sync().context("device sync")?;
+    let weights = resident_mib()
+        .zip(before)
+        .map(|(after, before)| after - before);
+    let prompt = token_rows(1, prompt_length, config.vocab_size, 6);
+    let timing = time_greedy(&model, &prompt, new, device, options)?;
+    let (case, dtype) = match scheme {
+        None => ("gpt-generate-f32", "f32"),
+        Some(QuantScheme::Int8PerChannel) => ("gpt-generate-int8", "int8"),
+        Some(QuantScheme::Int4Block { .. }) => ("gpt-generate-int4", "int4"),
+    };
+    let json = json!({"vocab": config.vocab_size, "width": config.d_model,
+                      "layers": config.n_layers, "heads": config.n_heads, "batch": 1,
+                      "prompt": prompt_length, "new_tokens": new, "weights": dtype});
+    let mut m = timing.measurement(case, device, new, json);
+    m.weights_rss_mib = weights;
+    Ok(m)
+}
+
 fn llama_generate(device: &Device, options: &Options, dtype: DType) -> Result<Measurement> {
     let (vocab, width, layers, heads, kv_heads, ffn) = if options.tiny {
         (64, 32, 1, 4, 2, 64)
@@ -508,6 +572,27 @@ fn matmul(device: &Device, options: &Options) -> Result<Vec<Measurement>> {
         out.push(m);
     }
     Ok(out)
+}
+
+/// The process's resident memory now, in MiB, after returning freed heap memory to the system
+/// (Linux with glibc; `None` elsewhere).
+fn resident_mib() -> Option<f64> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        unsafe extern "C" {
+            fn malloc_trim(pad: usize) -> i32;
+        }
+        // SAFETY: glibc's malloc_trim only releases free memory; any argument is valid.
+        unsafe {
+            malloc_trim(0);
+        }
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib / 1024.0)
+    }
+    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+    None
 }
 
 /// Resets the kernel's peak-resident-memory mark of this process (Linux; elsewhere a no-op).

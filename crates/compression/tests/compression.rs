@@ -134,10 +134,10 @@ fn quantized_logits_size_and_round_trip() {
             QuantScheme::Int4Block { .. } => 128 / 32,
         };
         let up = &quantized.tensors["blocks.0.feed_forward.up.weight"];
-        assert_eq!((up.channel_axis, up.scales.len()), (1, 512 * groups));
+        assert_eq!((up.channel_axis, up.scales().len()), (1, 512 * groups));
         let table = &quantized.tensors["token_embedding.weight"];
         assert_eq!(
-            (table.channel_axis, table.scales.len()),
+            (table.channel_axis, table.scales().len()),
             (0, VOCAB * groups)
         );
         let mut got: Vec<String> = quantized.tensors.keys().cloned().collect();

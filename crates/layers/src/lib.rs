@@ -34,14 +34,19 @@
 //! ```
 
 pub mod attention;
+mod dense;
 mod error;
 #[cfg(feature = "flex")]
 mod fused;
 pub mod position;
+pub mod quant;
 pub mod rnn;
 mod rows;
 pub mod transformer;
 
+pub use dense::{
+    Embedding, EmbeddingConfig, LayerMut, Linear, LinearConfig, PackLayers, join_path,
+};
 pub use error::LayerError;
 
 pub use rows::{linear_rows, on_compute_threads, project_rows};

@@ -1,7 +1,9 @@
 //! Linear layers applied to every position as one matrix product.
 
-use burn::nn::Linear;
 use burn::tensor::Tensor;
+
+use crate::Linear;
+use crate::quant::PackedWeight;
 
 /// `linear.forward(x)` with the leading dimensions of `x` folded into rows: one
 /// `[rows, d_input] x [d_input, d_output]` product. burn's `Linear` on a `[batch, seq, d]` input
@@ -13,9 +15,8 @@ use burn::tensor::Tensor;
 /// - returns: `[..., d_output]`
 ///
 /// ```
-/// use burn::nn::LinearConfig;
 /// use burn::tensor::{Device, Tensor};
-/// use lmforge_layers::linear_rows;
+/// use lmforge_layers::{LinearConfig, linear_rows};
 ///
 /// let device = Device::default();
 /// let linear = LinearConfig::new(4, 3).init(&device);
@@ -26,6 +27,12 @@ use burn::tensor::Tensor;
 /// A weight stored in another dtype than `x` (a model loaded with half-precision parameters
 /// and run on `f32` activations) is multiplied as by [`project_rows`].
 pub fn linear_rows<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
+    let bias = linear.bias.as_ref().map(|b| b.val());
+    if let Some(packed) = linear.packed_for_kernel() {
+        return project_packed_or(packed, x, bias.as_ref(), |x| {
+            project_rows(x, &linear.dense_weight(), bias.as_ref(), false)
+        });
+    }
     let weight = linear.weight.val();
     let dims = x.dims();
     let d_input = dims[D - 1];
@@ -33,13 +40,43 @@ pub fn linear_rows<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
     if weight.dtype() != x.dtype() || rows <= 16 {
         // Half-precision weights, or few rows (decoding), which lmforge's kernel on flex
         // streams with both cores.
-        let bias = linear.bias.as_ref().map(|b| b.val());
         return project_rows(x, &weight, bias.as_ref(), false);
     }
-    let y = linear.forward(x.reshape([rows, d_input]));
+    let y = burn::tensor::module::linear(x.reshape([rows, d_input]), weight, bias);
     let mut out = dims;
     out[D - 1] = y.dims()[1];
     y.reshape(out)
+}
+
+/// `x Wᵀ + b` with `W` packed (`[d_output, d_input]` channels), through lmforge's kernel on
+/// flex; elsewhere (or under autodiff) `fallback(x)`.
+pub(crate) fn project_packed_or<const D: usize>(
+    packed: &PackedWeight,
+    x: Tensor<D>,
+    bias: Option<&Tensor<1>>,
+    fallback: impl FnOnce(Tensor<D>) -> Tensor<D>,
+) -> Tensor<D> {
+    let dims = x.dims();
+    let d_input = dims[D - 1];
+    assert_eq!(
+        d_input,
+        packed.width(),
+        "packed layer: input width {d_input}, weight of {} channels x {}",
+        packed.channels(),
+        packed.width()
+    );
+    #[cfg(feature = "flex")]
+    {
+        let rows = dims[..D - 1].iter().product::<usize>();
+        let x2 = x.clone().reshape([rows, d_input]);
+        if let Some(y) = crate::fused::packed::packed_product(&x2, packed, bias) {
+            let mut out = dims;
+            out[D - 1] = packed.channels();
+            return y.reshape(out);
+        }
+    }
+    let _ = bias;
+    fallback(x)
 }
 
 /// `x W + b` over the last dimension of `x` (`transposed`: `x Wᵀ + b`, for a weight stored

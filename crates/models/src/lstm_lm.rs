@@ -4,11 +4,10 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::nn::{
-    Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig,
-};
+use burn::nn::{Dropout, DropoutConfig, Initializer};
 use burn::tensor::{Device, Int, Tensor};
 use lmforge_layers::rnn::{Lstm, LstmConfig, LstmState};
+use lmforge_layers::{Embedding, EmbeddingConfig, Linear, LinearConfig};
 
 use crate::error::{ModelError, check, check_dropout};
 use crate::tokens::{assert_tokens, tied_logits};
@@ -163,3 +162,5 @@ impl LstmLm {
         (logits, state)
     }
 }
+
+lmforge_layers::pack_layers!(LstmLm { embedding, output });

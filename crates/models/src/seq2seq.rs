@@ -3,13 +3,14 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, Linear};
+use burn::nn::{Dropout, DropoutConfig, Initializer};
 use burn::tensor::{Bool, Device, Int, Tensor};
 use lmforge_layers::position::{SinusoidalPositions, SinusoidalPositionsConfig};
 use lmforge_layers::transformer::{
     BlockConfig, DecoderBlock, DecoderBlockCache, EncoderBlock, FeedForwardActivation, Memory,
     Norm, NormKind, normal_linear,
 };
+use lmforge_layers::{Embedding, EmbeddingConfig, Linear};
 
 use crate::error::{ModelError, check, check_dropout};
 use crate::tokens::{assert_tokens, check_positions, tied_logits};
@@ -382,3 +383,11 @@ impl Seq2Seq {
         }
     }
 }
+
+lmforge_layers::pack_layers!(Seq2Seq {
+    src_embedding,
+    tgt_embedding,
+    encoder,
+    decoder,
+    output
+});

@@ -1,7 +1,7 @@
 //! Input checks and the tied output projection, shared by the models.
 
-use burn::nn::Embedding;
 use burn::tensor::{Int, Tensor};
+use lmforge_layers::Embedding;
 
 /// Panics with a clear message when a token id is outside `0..vocab_size`.
 ///
@@ -39,16 +39,7 @@ pub(crate) fn check_positions(model: &str, start: usize, seq_length: usize, max_
 /// - `hidden`: `[batch_size, seq_length, d_model]`; `embedding`: `[vocab_size, d_model]`
 /// - returns: `[batch_size, seq_length, vocab_size]`
 pub(crate) fn tied_logits(hidden: Tensor<3>, embedding: &Embedding) -> Tensor<3> {
-    // Rows folded: one [rows, d_model] x [d_model, vocab] product instead of one per batch entry.
-    let weight = embedding.weight.val();
-    let [batch_size, seq_length, d_model] = hidden.dims();
-    if weight.dtype() != hidden.dtype() || batch_size * seq_length <= 16 {
-        // Half-precision weights, or few rows (decoding): lmforge's kernel on flex.
-        return lmforge_layers::project_rows(hidden, &weight, None, true);
-    }
-    let vocab_size = weight.dims()[0];
-    hidden
-        .reshape([batch_size * seq_length, d_model])
-        .matmul(weight.transpose())
-        .reshape([batch_size, seq_length, vocab_size])
+    // Rows folded into one product; lmforge's kernels on flex for few rows (decoding), a
+    // half-precision or a packed table.
+    embedding.project(hidden)
 }

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
+use lmforge_layers::{LayerMut, PackLayers};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
@@ -36,44 +37,45 @@ impl<M: Module> QuantizedModel<M> {
     /// [`CompressionError::Io`] when the file cannot be written.
     pub fn save(&self, path: impl AsRef<Path>) -> Result<(), CompressionError> {
         let path = path.as_ref();
-        let mut floats = Floats::default();
+        let mut floats = Floats {
+            skip: &self.tensors,
+            params: Vec::new(),
+        };
         let _ = map_host(self.model.clone(), &mut floats);
         let mut buffers: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
         let mut entries = BTreeMap::new();
+        for (path, q) in &self.tensors {
+            let values_shape = match q.scheme() {
+                QuantScheme::Int8PerChannel => q.shape.to_vec(),
+                QuantScheme::Int4Block { .. } => vec![q.numel().div_ceil(2)],
+            };
+            let dtype = match q.scheme() {
+                QuantScheme::Int8PerChannel => Dtype::I8,
+                QuantScheme::Int4Block { .. } => Dtype::U8,
+            };
+            buffers.push((
+                format!("{path}.qvalues"),
+                dtype,
+                values_shape,
+                q.packed_values(),
+            ));
+            buffers.push((
+                format!("{path}.qscales"),
+                Dtype::F32,
+                vec![q.channels(), q.groups_per_channel()],
+                f32_bytes(q.scales()),
+            ));
+            entries.insert(
+                path.clone(),
+                Entry {
+                    scheme: q.scheme(),
+                    channel_axis: q.channel_axis,
+                    shape: q.shape,
+                },
+            );
+        }
         for (site, values) in floats.params {
-            match self.tensors.get(&site.path) {
-                Some(q) => {
-                    let values_shape = match q.scheme {
-                        QuantScheme::Int8PerChannel => q.shape.to_vec(),
-                        QuantScheme::Int4Block { .. } => vec![q.values.len().div_ceil(2)],
-                    };
-                    let dtype = match q.scheme {
-                        QuantScheme::Int8PerChannel => Dtype::I8,
-                        QuantScheme::Int4Block { .. } => Dtype::U8,
-                    };
-                    buffers.push((
-                        format!("{}.qvalues", site.path),
-                        dtype,
-                        values_shape,
-                        q.packed_values(),
-                    ));
-                    buffers.push((
-                        format!("{}.qscales", site.path),
-                        Dtype::F32,
-                        vec![q.channels(), q.groups_per_channel()],
-                        f32_bytes(&q.scales),
-                    ));
-                    entries.insert(
-                        site.path.clone(),
-                        Entry {
-                            scheme: q.scheme,
-                            channel_axis: q.channel_axis,
-                            shape: q.shape,
-                        },
-                    );
-                }
-                None => buffers.push((site.path, Dtype::F32, site.shape, f32_bytes(&values))),
-            }
+            buffers.push((site.path, Dtype::F32, site.shape, f32_bytes(&values)));
         }
         let format_error = |reason: String| CompressionError::Format {
             path: path.to_path_buf(),
@@ -109,7 +111,7 @@ impl<M: Module> QuantizedModel<M> {
 /// file that is not a quantized lmforge model or is damaged, [`CompressionError::Mismatch`]
 /// naming the first parameter that is missing from the file, has another shape, or is in the
 /// file but not in the model.
-pub fn load<M: Module>(
+pub fn load<M: Module + PackLayers>(
     model: M,
     path: impl AsRef<Path>,
 ) -> Result<QuantizedModel<M>, CompressionError> {
@@ -159,7 +161,6 @@ pub fn load<M: Module>(
                 )));
             }
             let q = read_quantized(&file, &site.path, entry, numel).map_err(&format)?;
-            values.insert(site.path.clone(), q.dequantize());
             tensors.insert(site.path.clone(), q);
             used += 2;
         } else {
@@ -185,6 +186,7 @@ pub fn load<M: Module>(
     if used != file.len() {
         let known: Vec<String> = values
             .keys()
+            .chain(tensors.keys())
             .flat_map(|p| [p.clone(), format!("{p}.qvalues"), format!("{p}.qscales")])
             .collect();
         let extra = file
@@ -198,7 +200,43 @@ pub fn load<M: Module>(
         )));
     }
     let mut fill = Fill { values };
-    let model = map_host(model, &mut fill);
+    let mut model = map_host(model, &mut fill);
+    let mut pending: BTreeMap<&str, &QuantizedTensor> =
+        tensors.iter().map(|(p, q)| (p.as_str(), q)).collect();
+    let mut error = None;
+    model.for_each_layer("", &mut |path, layer| {
+        let path = format!("{path}.weight");
+        let Some(q) = pending.remove(path.as_str()) else {
+            return;
+        };
+        let expected_axis = match layer {
+            LayerMut::Linear(_) => 1,
+            LayerMut::Embedding(_) => 0,
+        };
+        let result = if q.channel_axis != expected_axis {
+            Err(format!(
+                "`{path}` has channel axis {} in the file, {expected_axis} in the model",
+                q.channel_axis
+            ))
+        } else {
+            match layer {
+                LayerMut::Linear(linear) => linear.set_packed(q.packed.clone()),
+                LayerMut::Embedding(table) => table.set_packed(q.packed.clone()),
+            }
+            .map_err(|e| format!("`{path}`: {e}"))
+        };
+        if let (Err(e), None) = (result, &error) {
+            error = Some(e);
+        }
+    });
+    if let Some(reason) = error {
+        return Err(mismatch(reason));
+    }
+    if let Some(path) = pending.keys().next() {
+        return Err(mismatch(format!(
+            "`{path}` is quantized in the file but is not a Linear or Embedding weight of the model"
+        )));
+    }
     Ok(QuantizedModel { model, tensors })
 }
 
@@ -228,26 +266,16 @@ fn read_quantized(
     }
     let values = QuantizedTensor::unpack_values(values.data(), entry.scheme, numel)
         .map_err(|e| format!("`{name}.qvalues`: {e}"))?;
-    if values
-        .iter()
-        .any(|&q| q as f32 > entry.scheme.q_max() || (q as f32) < -entry.scheme.q_max())
-    {
-        return Err(format!(
-            "`{name}.qvalues`: an integer outside ±{}",
-            entry.scheme.q_max()
-        ));
-    }
-    let mut q = QuantizedTensor {
-        shape: entry.shape,
-        channel_axis: entry.channel_axis.min(1),
-        scheme: entry.scheme,
-        values,
-        scales: Vec::new(),
-    };
     if entry.channel_axis > 1 {
         return Err(format!("`{name}`: channel axis {}", entry.channel_axis));
     }
-    let expected = q.channels() * q.groups_per_channel();
+    let [rows, cols] = entry.shape;
+    let (channels, width) = if entry.channel_axis == 0 {
+        (rows, cols)
+    } else {
+        (cols, rows)
+    };
+    let expected = channels * width.div_ceil(entry.scheme.group_len(width));
     if scales.dtype() != Dtype::F32 || scales.data().len() != 4 * expected {
         return Err(format!(
             "`{name}.qscales`: {:?} {:?}, expected F32 with {expected} values",
@@ -255,11 +283,14 @@ fn read_quantized(
             scales.shape()
         ));
     }
-    q.scales = read_f32(scales.data());
-    if q.scales.iter().any(|s| !s.is_finite() || *s < 0.0) {
-        return Err(format!("`{name}.qscales`: a negative or non-finite scale"));
-    }
-    Ok(q)
+    QuantizedTensor::from_values(
+        &values,
+        read_f32(scales.data()),
+        entry.shape,
+        entry.channel_axis,
+        entry.scheme,
+    )
+    .map_err(|e| format!("`{name}`: {e}"))
 }
 
 fn f32_bytes(values: &[f32]) -> Vec<u8> {
@@ -285,15 +316,15 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), CompressionError> {
     std::fs::rename(&tmp, path).map_err(io(path))
 }
 
-/// Reads every float parameter.
-#[derive(Default)]
-struct Floats {
+/// Reads every float parameter but the quantized ones.
+struct Floats<'a> {
+    skip: &'a BTreeMap<String, QuantizedTensor>,
     params: Vec<(Site, Vec<f32>)>,
 }
 
-impl HostTransform for Floats {
-    fn select(&mut self, _: &Site) -> bool {
-        true
+impl HostTransform for Floats<'_> {
+    fn select(&mut self, site: &Site) -> bool {
+        !self.skip.contains_key(&site.path)
     }
     fn transform(&mut self, site: &Site, values: Vec<f32>) -> Vec<f32> {
         self.params.push((site.clone(), values.clone()));

@@ -1,19 +1,25 @@
-//! Post-training weight quantization: int8 per channel and int4 per block.
+//! Post-training weight quantization that keeps the weights packed: int8 per channel and int4
+//! per block.
 //!
-//! [`quantize`] rounds the weights of every `Linear` and `Embedding` (token and position
-//! tables) of any lmforge model to symmetric integers with `f32` scales ([`QuantScheme`]),
-//! and puts the values they stand for back into the model. [`QuantizedModel::save`] writes
-//! the integers (one byte per int8 value, two int4 values per byte) and the scales;
-//! [`load`] reads them into a model built from the same config.
+//! [`quantize`] rounds the weight of every [`Linear`](lmforge_layers::Linear) and
+//! [`Embedding`](lmforge_layers::Embedding) of an lmforge model (token, position and segment
+//! tables, every projection and head) to symmetric integers with `f32` scales
+//! ([`QuantScheme`]) and packs the layer in place ([`lmforge_layers::quant`]).
+//! [`QuantizedModel::save`] writes the integers (one byte per int8 value, two int4 values per
+//! byte) and the scales; [`load`] reads them into a model built from the same config.
 //!
-//! # What runs in integer arithmetic
-//! Nothing: this is weight-only quantization. Weights are stored as integers and dequantized
-//! once, when quantized or loaded, to `f32` (`w = q · scale`); every matrix product then runs
-//! in `f32` on whatever backend the model is on, so speed and memory while running are those
-//! of the float model, and the outputs are exactly those of the float model with the rounded
-//! weights. What shrinks is the file (and a download or a disk cache): int8 to about 0.26x of
-//! `f32`, int4 with blocks of 32 to about 0.17x. Biases, norms and any other parameter stay
-//! `f32`.
+//! # What runs packed
+//! On flex (without autodiff), a packed layer keeps only the integers and scales in memory,
+//! and its products run through lmforge's kernel, which widens the integers to `f32` in
+//! registers: the weights take about 0.25x (int8) or 0.14x (int4, blocks of 32) of their `f32`
+//! memory, and decoding, which is bound by reading the weights, speeds up accordingly
+//! (docs/compression.md has the measured table). Activations, accumulation, biases, norms and
+//! every other parameter stay `f32`; the outputs are those of the float model with the rounded
+//! weights, to `f32` rounding.
+//!
+//! On other devices (and under autodiff) the layers keep the dequantized weight as well,
+//! computed once, and run burn's ops with it: the same numbers, the float model's memory and
+//! speed.
 //!
 //! ```
 //! use lmforge_compression::quantize::{self, QuantScheme, QuantizeConfig};
@@ -28,7 +34,7 @@
 //! let file = dir.join("gpt.int8.safetensors");
 //! quantized.save(&file)?;
 //! let loaded = quantize::load(config.init(&device)?, &file)?;
-//! assert_eq!(loaded.tensors.len(), quantized.tensors.len());
+//! assert_eq!(loaded.tensors, quantized.tensors);
 //! # std::fs::remove_dir_all(&dir)?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -39,11 +45,11 @@ mod tensor;
 use std::collections::BTreeMap;
 
 use burn::module::Module;
+use lmforge_layers::{LayerMut, PackLayers};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
 
 use crate::error::CompressionError;
-use crate::paths::{HostTransform, Site, map_host};
 
 pub use file::load;
 pub use tensor::{QuantScheme, QuantizedTensor};
@@ -82,63 +88,96 @@ impl QuantizeConfig {
         usize::from(owner == "Linear")
     }
 
-    fn selects(&self, site: &Site, skip: &[Regex]) -> bool {
-        site.shape.len() == 2
-            && site.path.ends_with("weight")
-            && self.owners.iter().any(|o| o == &site.owner)
-            && !skip.iter().any(|r| r.is_match(&site.path))
+    fn selects(&self, owner: &str, path: &str, skip: &[Regex]) -> bool {
+        self.owners.iter().any(|o| o == owner) && !skip.iter().any(|r| r.is_match(path))
     }
 }
 
-/// A model whose weights were rounded by [`quantize`] (or read by [`load`]), with the
-/// integers and scales that stand for them.
+/// A model whose `Linear`/`Embedding` weights were quantized and packed by [`quantize`] (or
+/// read by [`load`]), with the quantized weights by parameter path.
 #[derive(Clone, Debug)]
 pub struct QuantizedModel<M> {
-    /// The model, computing with the dequantized weights.
+    /// The model, its quantized layers packed.
     pub model: M,
-    /// The quantized weights by parameter path.
+    /// The quantized weights by parameter path (`....weight`), sharing their packed integers
+    /// with the layers.
     pub tensors: BTreeMap<String, QuantizedTensor>,
 }
 
 impl<M: Module> QuantizedModel<M> {
     /// Number of weight values stored as integers.
     pub fn quantized_values(&self) -> usize {
-        self.tensors.values().map(|t| t.values.len()).sum()
+        self.tensors.values().map(QuantizedTensor::numel).sum()
+    }
+
+    /// Bytes the packed weights take in memory (integers and scales).
+    pub fn packed_bytes(&self) -> usize {
+        self.tensors.values().map(|t| t.packed.memory_bytes()).sum()
     }
 }
 
-/// Quantizes the weights `config` selects and returns the model computing with their
-/// dequantized values, along with the integers.
+/// Quantizes the weights `config` selects, packing their layers in place (module docs).
 ///
 /// # Errors
 /// [`CompressionError::InvalidConfig`] for a bad scheme or pattern, a pattern set that
 /// selects no weight, or a non-finite weight.
-pub fn quantize<M: Module>(
-    model: M,
+pub fn quantize<M: Module + PackLayers>(
+    mut model: M,
     config: &QuantizeConfig,
 ) -> Result<QuantizedModel<M>, CompressionError> {
-    config.scheme.validate()?;
+    config
+        .scheme
+        .validate()
+        .map_err(|e| CompressionError::InvalidConfig(e.to_string()))?;
     let skip = compile(&config.skip)?;
-    let mut rounding = Rounding {
-        config,
-        skip: &skip,
-        tensors: BTreeMap::new(),
-        error: None,
-    };
-    let model = map_host(model, &mut rounding);
-    if let Some(error) = rounding.error {
+    let mut tensors = BTreeMap::new();
+    let mut error = None;
+    model.for_each_layer("", &mut |path, layer| {
+        let path = format!("{path}.weight");
+        let owner = match layer {
+            LayerMut::Linear(_) => "Linear",
+            LayerMut::Embedding(_) => "Embedding",
+        };
+        if error.is_some() || !config.selects(owner, &path, &skip) {
+            return;
+        }
+        let packed = match layer {
+            LayerMut::Linear(linear) => linear.pack(config.scheme).map(|()| {
+                (
+                    linear.packed().cloned(),
+                    linear.weight.shape().dims::<2>(),
+                    1,
+                )
+            }),
+            LayerMut::Embedding(table) => table
+                .pack(config.scheme)
+                .map(|()| (table.packed().cloned(), table.weight.shape().dims::<2>(), 0)),
+        };
+        match packed {
+            Ok((Some(packed), shape, channel_axis)) => {
+                tensors.insert(
+                    path,
+                    QuantizedTensor {
+                        shape,
+                        channel_axis,
+                        packed,
+                    },
+                );
+            }
+            Ok((None, ..)) => unreachable!("a packed layer has a packed weight"),
+            Err(e) => error = Some(CompressionError::InvalidConfig(format!("{path}: {e}"))),
+        }
+    });
+    if let Some(error) = error {
         return Err(error);
     }
-    if rounding.tensors.is_empty() {
+    if tensors.is_empty() {
         return Err(CompressionError::InvalidConfig(format!(
             "no weight of a module of type {:?} to quantize",
             config.owners
         )));
     }
-    Ok(QuantizedModel {
-        model,
-        tensors: rounding.tensors,
-    })
+    Ok(QuantizedModel { model, tensors })
 }
 
 pub(crate) fn compile(patterns: &[String]) -> Result<Vec<Regex>, CompressionError> {
@@ -149,36 +188,4 @@ pub(crate) fn compile(patterns: &[String]) -> Result<Vec<Regex>, CompressionErro
                 .map_err(|e| CompressionError::InvalidConfig(format!("bad pattern `{p}`: {e}")))
         })
         .collect()
-}
-
-struct Rounding<'a> {
-    config: &'a QuantizeConfig,
-    skip: &'a [Regex],
-    tensors: BTreeMap<String, QuantizedTensor>,
-    error: Option<CompressionError>,
-}
-
-impl HostTransform for Rounding<'_> {
-    fn select(&mut self, site: &Site) -> bool {
-        self.error.is_none() && self.config.selects(site, self.skip)
-    }
-
-    fn transform(&mut self, site: &Site, values: Vec<f32>) -> Vec<f32> {
-        let shape = [site.shape[0], site.shape[1]];
-        let axis = QuantizeConfig::channel_axis(&site.owner);
-        match QuantizedTensor::quantize(&values, shape, axis, self.config.scheme) {
-            Ok(q) => {
-                let back = q.dequantize();
-                self.tensors.insert(site.path.clone(), q);
-                back
-            }
-            Err(e) => {
-                self.error = Some(CompressionError::InvalidConfig(format!(
-                    "{}: {e}",
-                    site.path
-                )));
-                values
-            }
-        }
-    }
 }

@@ -1,65 +1,17 @@
 //! Symmetric integer quantization of one weight matrix, on the host.
 
-use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+use lmforge_layers::quant::PackedWeight;
 
 use crate::error::CompressionError;
 
-/// How a weight matrix is quantized. Both schemes are symmetric (zero maps to zero) and keep
-/// one `f32` scale per group of values: `w ≈ q · scale`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum QuantScheme {
-    /// 8-bit integers in `[-127, 127]`, one scale per output channel (a column of a `Linear`
-    /// weight, a row of an `Embedding` table): `scale = max|w| / 127` over the channel.
-    /// Error per value at most `scale / 2`.
-    Int8PerChannel,
-    /// 4-bit integers in `[-7, 7]`, one scale per block of `block` consecutive values of a
-    /// channel along its input axis: `scale = max|w| / 7` over the block. Two values per
-    /// byte on disk. Error per value at most `scale / 2`.
-    Int4Block {
-        /// Values per block (32 is the common choice).
-        block: usize,
-    },
-}
+pub use lmforge_layers::quant::QuantScheme;
 
-impl QuantScheme {
-    /// Int4 with blocks of 32 values.
-    pub fn int4() -> Self {
-        Self::Int4Block { block: 32 }
-    }
-
-    /// The largest integer magnitude: 127 or 7.
-    pub fn q_max(&self) -> f32 {
-        match self {
-            Self::Int8PerChannel => 127.0,
-            Self::Int4Block { .. } => 7.0,
-        }
-    }
-
-    /// Bits per stored value.
-    pub fn bits(&self) -> usize {
-        match self {
-            Self::Int8PerChannel => 8,
-            Self::Int4Block { .. } => 4,
-        }
-    }
-
-    /// Checks the scheme's settings.
-    ///
-    /// # Errors
-    /// [`CompressionError::InvalidConfig`] for an int4 block of 0.
-    pub fn validate(&self) -> Result<(), CompressionError> {
-        match self {
-            Self::Int4Block { block: 0 } => Err(CompressionError::InvalidConfig(
-                "int4 block size must be > 0".into(),
-            )),
-            _ => Ok(()),
-        }
-    }
-}
-
-/// A quantized 2-D weight: integer values and their scales, in the weight's own layout.
+/// A quantized 2-D weight: its packed integers and scales (shared with the layer that runs
+/// them), and where they sit in the weight's own layout.
 ///
-/// `channel_axis` says which axis holds the output channels: 1 for burn's `Linear` weight
+/// `channel_axis` says which axis holds the output channels: 1 for a `Linear` weight
 /// (`[d_input, d_output]`, one channel per column), 0 for an `Embedding` table (one per row).
 /// Groups run along the other (input) axis: the whole channel for int8, blocks of it for int4.
 #[derive(Clone, Debug, PartialEq)]
@@ -68,13 +20,8 @@ pub struct QuantizedTensor {
     pub shape: [usize; 2],
     /// The axis of the output channels (0 or 1).
     pub channel_axis: usize,
-    /// The scheme.
-    pub scheme: QuantScheme,
-    /// One integer per weight value, row-major like the weight.
-    pub values: Vec<i8>,
-    /// One scale per group, channel-major: channel `c`'s groups are
-    /// `scales[c * groups_per_channel ..][.. groups_per_channel]`.
-    pub scales: Vec<f32>,
+    /// The integers and scales, channel-major, as the layer keeps them in memory.
+    pub packed: Arc<PackedWeight>,
 }
 
 impl QuantizedTensor {
@@ -89,71 +36,74 @@ impl QuantizedTensor {
         channel_axis: usize,
         scheme: QuantScheme,
     ) -> Result<Self, CompressionError> {
-        scheme.validate()?;
-        if channel_axis > 1 {
-            return Err(CompressionError::InvalidConfig(format!(
-                "channel axis must be 0 or 1, got {channel_axis}"
-            )));
-        }
+        check_axis(channel_axis)?;
         if weights.len() != shape[0] * shape[1] {
             return Err(CompressionError::InvalidConfig(format!(
                 "{} values for a {shape:?} matrix",
                 weights.len()
             )));
         }
-        if let Some(bad) = weights.iter().find(|w| !w.is_finite()) {
-            return Err(CompressionError::InvalidConfig(format!(
-                "cannot quantize a non-finite weight ({bad})"
-            )));
-        }
-        let mut quantized = Self {
+        let (channels, width) = channels_and_width(shape, channel_axis);
+        let values = channel_major(weights, shape, channel_axis);
+        let packed = PackedWeight::quantize(&values, channels, width, scheme)
+            .map_err(|e| CompressionError::InvalidConfig(e.to_string()))?;
+        Ok(Self {
             shape,
             channel_axis,
-            scheme,
-            values: vec![0; weights.len()],
-            scales: Vec::new(),
-        };
-        let q_max = scheme.q_max();
-        let group = quantized.group_len();
-        let channels = quantized.channels();
-        quantized
-            .scales
-            .reserve(channels * quantized.groups_per_channel());
-        for channel in 0..channels {
-            let indices: Vec<usize> = quantized.channel_indices(channel).collect();
-            for chunk in indices.chunks(group) {
-                let max = chunk
-                    .iter()
-                    .map(|&i| weights[i].abs())
-                    .fold(0.0f32, f32::max);
-                let scale = max / q_max;
-                quantized.scales.push(scale);
-                if scale > 0.0 {
-                    for &i in chunk {
-                        let q = (weights[i] / scale).round().clamp(-q_max, q_max);
-                        quantized.values[i] = q as i8;
-                    }
-                }
-            }
+            packed: Arc::new(packed),
+        })
+    }
+
+    /// A quantized weight from its integers (one per value, row-major like the weight) and
+    /// scales (channel-major).
+    ///
+    /// # Errors
+    /// [`CompressionError::InvalidConfig`] for lengths that disagree with the shape, an
+    /// integer outside `±q_max`, or a negative or non-finite scale.
+    pub fn from_values(
+        values: &[i8],
+        scales: Vec<f32>,
+        shape: [usize; 2],
+        channel_axis: usize,
+        scheme: QuantScheme,
+    ) -> Result<Self, CompressionError> {
+        check_axis(channel_axis)?;
+        if values.len() != shape[0] * shape[1] {
+            return Err(CompressionError::InvalidConfig(format!(
+                "{} integers for a {shape:?} matrix",
+                values.len()
+            )));
         }
-        Ok(quantized)
+        let (channels, width) = channels_and_width(shape, channel_axis);
+        let integers = channel_major(values, shape, channel_axis);
+        let packed = PackedWeight::from_integers(&integers, scales, channels, width, scheme)
+            .map_err(|e| CompressionError::InvalidConfig(e.to_string()))?;
+        Ok(Self {
+            shape,
+            channel_axis,
+            packed: Arc::new(packed),
+        })
+    }
+
+    /// The scheme.
+    pub fn scheme(&self) -> QuantScheme {
+        self.packed.scheme()
+    }
+
+    /// One scale per group, channel-major: channel `c`'s groups are
+    /// `scales()[c * groups_per_channel ..][.. groups_per_channel]`.
+    pub fn scales(&self) -> &[f32] {
+        self.packed.scales()
+    }
+
+    /// One integer per weight value, row-major like the weight.
+    pub fn values(&self) -> Vec<i8> {
+        from_channel_major(&self.packed.integers(), self.shape, self.channel_axis)
     }
 
     /// The weights the integers stand for, `q · scale`, row-major.
     pub fn dequantize(&self) -> Vec<f32> {
-        let mut out = vec![0.0; self.values.len()];
-        let group = self.group_len();
-        let mut scales = self.scales.iter();
-        for channel in 0..self.channels() {
-            let indices: Vec<usize> = self.channel_indices(channel).collect();
-            for chunk in indices.chunks(group) {
-                let scale = *scales.next().expect("one scale per group");
-                for &i in chunk {
-                    out[i] = self.values[i] as f32 * scale;
-                }
-            }
-        }
-        out
+        from_channel_major(&self.packed.dequantize(), self.shape, self.channel_axis)
     }
 
     /// Number of output channels.
@@ -168,38 +118,27 @@ impl QuantizedTensor {
 
     /// Values that share one scale.
     pub fn group_len(&self) -> usize {
-        match self.scheme {
-            QuantScheme::Int8PerChannel => self.channel_len().max(1),
-            QuantScheme::Int4Block { block } => block,
-        }
+        self.packed.group_len()
     }
 
     /// Scales per channel.
     pub fn groups_per_channel(&self) -> usize {
-        self.channel_len().div_ceil(self.group_len())
+        self.packed.groups_per_channel()
     }
 
-    /// Row-major indices of channel `channel`'s values, in input order.
-    fn channel_indices(&self, channel: usize) -> impl Iterator<Item = usize> + use<> {
-        let [_, cols] = self.shape;
-        let len = self.channel_len();
-        let axis = self.channel_axis;
-        (0..len).map(move |k| {
-            if axis == 0 {
-                channel * cols + k
-            } else {
-                k * cols + channel
-            }
-        })
+    /// Number of weight values.
+    pub fn numel(&self) -> usize {
+        self.shape[0] * self.shape[1]
     }
 
-    /// The integers as stored on disk: one byte each for int8; for int4 two per byte
-    /// (`q + 8` in a nibble, the even index in the low nibble), padded with a zero nibble.
+    /// The integers as stored on disk, row-major like the weight: one byte each for int8;
+    /// for int4 two per byte (`q + 8` in a nibble, the even index in the low nibble), padded
+    /// with a zero nibble.
     pub fn packed_values(&self) -> Vec<u8> {
-        match self.scheme {
-            QuantScheme::Int8PerChannel => self.values.iter().map(|&q| q as u8).collect(),
-            QuantScheme::Int4Block { .. } => self
-                .values
+        let values = self.values();
+        match self.scheme() {
+            QuantScheme::Int8PerChannel => values.iter().map(|&q| q as u8).collect(),
+            QuantScheme::Int4Block { .. } => values
                 .chunks(2)
                 .map(|pair| {
                     let low = (pair[0] + 8) as u8;
@@ -241,8 +180,45 @@ impl QuantizedTensor {
 
     /// Bytes the quantized weight takes on disk: packed values plus `f32` scales.
     pub fn stored_bytes(&self) -> usize {
-        self.values.len().div_ceil(8 / self.scheme.bits()) + 4 * self.scales.len()
+        self.numel().div_ceil(8 / self.scheme().bits()) + 4 * self.scales().len()
     }
+}
+
+fn check_axis(channel_axis: usize) -> Result<(), CompressionError> {
+    if channel_axis > 1 {
+        return Err(CompressionError::InvalidConfig(format!(
+            "channel axis must be 0 or 1, got {channel_axis}"
+        )));
+    }
+    Ok(())
+}
+
+fn channels_and_width(shape: [usize; 2], channel_axis: usize) -> (usize, usize) {
+    (shape[channel_axis], shape[1 - channel_axis])
+}
+
+/// A row-major `shape` matrix reordered channel by channel.
+fn channel_major<T: Copy>(values: &[T], [rows, cols]: [usize; 2], channel_axis: usize) -> Vec<T> {
+    if channel_axis == 0 {
+        return values.to_vec();
+    }
+    (0..cols)
+        .flat_map(|c| (0..rows).map(move |r| values[r * cols + c]))
+        .collect()
+}
+
+/// Reverses [`channel_major`].
+fn from_channel_major<T: Copy>(
+    values: &[T],
+    [rows, cols]: [usize; 2],
+    channel_axis: usize,
+) -> Vec<T> {
+    if channel_axis == 0 {
+        return values.to_vec();
+    }
+    (0..rows)
+        .flat_map(|r| (0..cols).map(move |c| values[c * rows + r]))
+        .collect()
 }
 
 #[cfg(test)]
@@ -275,13 +251,22 @@ mod tests {
         ] {
             for axis in [0, 1] {
                 let q = QuantizedTensor::quantize(&weights, [rows, cols], axis, scheme).unwrap();
-                assert_eq!(q.scales.len(), q.channels() * q.groups_per_channel());
+                assert_eq!(q.scales().len(), q.channels() * q.groups_per_channel());
                 let back = q.dequantize();
+                let values = q.values();
                 let group = q.group_len();
                 for channel in 0..q.channels() {
-                    let idx: Vec<usize> = q.channel_indices(channel).collect();
+                    let idx: Vec<usize> = (0..q.channel_len())
+                        .map(|k| {
+                            if axis == 0 {
+                                channel * cols + k
+                            } else {
+                                k * cols + channel
+                            }
+                        })
+                        .collect();
                     for (g, chunk) in idx.chunks(group).enumerate() {
-                        let scale = q.scales[channel * q.groups_per_channel() + g];
+                        let scale = q.scales()[channel * q.groups_per_channel() + g];
                         let max = chunk.iter().map(|&i| weights[i].abs()).fold(0.0, f32::max);
                         assert!((scale * scheme.q_max() - max).abs() <= max * 1e-6);
                         for &i in chunk {
@@ -292,7 +277,7 @@ mod tests {
                             assert!(
                                 chunk
                                     .iter()
-                                    .any(|&i| q.values[i].unsigned_abs() as f32 == scheme.q_max())
+                                    .any(|&i| values[i].unsigned_abs() as f32 == scheme.q_max())
                             );
                         }
                     }
@@ -309,11 +294,11 @@ mod tests {
         let weights = [0.6, -1.0, 0.25];
         let q =
             QuantizedTensor::quantize(&weights, [3, 1], 1, QuantScheme::Int8PerChannel).unwrap();
-        assert_eq!(q.values, vec![76, -127, 32]);
-        assert_eq!(q.scales, vec![1.0 / 127.0]);
+        assert_eq!(q.values(), vec![76, -127, 32]);
+        assert_eq!(q.scales(), &[1.0 / 127.0]);
         let q = QuantizedTensor::quantize(&weights, [3, 1], 1, QuantScheme::int4()).unwrap();
-        assert_eq!(q.values, vec![4, -7, 2]);
-        assert_eq!(q.scales, vec![1.0 / 7.0]);
+        assert_eq!(q.values(), vec![4, -7, 2]);
+        assert_eq!(q.scales(), &[1.0 / 7.0]);
     }
 
     #[test]
@@ -324,7 +309,7 @@ mod tests {
             let packed = q.packed_values();
             assert_eq!(packed.len(), 21usize.div_ceil(8 / scheme.bits()));
             let values = QuantizedTensor::unpack_values(&packed, scheme, 21).unwrap();
-            assert_eq!(values, q.values);
+            assert_eq!(values, q.values());
             assert!(QuantizedTensor::unpack_values(&packed[1..], scheme, 21).is_err());
         }
     }

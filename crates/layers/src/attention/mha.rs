@@ -4,7 +4,9 @@ use std::borrow::Cow;
 
 use burn::config::Config;
 use burn::module::{Module, Param, ParamId};
-use burn::nn::{Dropout, DropoutConfig, Linear};
+use burn::nn::{Dropout, DropoutConfig};
+
+use crate::Linear;
 use burn::tensor::activation::softmax;
 use burn::tensor::module::attention;
 use burn::tensor::ops::AttentionModuleOptions;
@@ -761,3 +763,10 @@ fn reshaped<const D: usize>(
     };
     Param::from_mapped_value(ParamId::new(), value, mapper)
 }
+
+crate::pack_layers!(MultiHeadAttention {
+    query,
+    key,
+    value,
+    output
+});

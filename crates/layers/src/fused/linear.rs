@@ -133,7 +133,7 @@ simd_dispatch! {
 
 simd_dispatch! {
     /// `out[0] = a · b` with sixteen independent partial sums (vectorizable).
-    fn dot(a: &[f32], b: &[f32], out: &mut [f32]) {
+    pub(crate) fn dot(a: &[f32], b: &[f32], out: &mut [f32]) {
         let mut acc = [0f32; 16];
         let (ac, bc) = (a.chunks_exact(16), b.chunks_exact(16));
         let (ar, br) = (ac.remainder(), bc.remainder());

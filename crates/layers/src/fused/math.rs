@@ -6,7 +6,8 @@
 //! the same bits whether the compiler vectorizes it or not.
 //!
 //! [`simd_dispatch!`](crate::fused::math::simd_dispatch) compiles a loop twice, for AVX2 + FMA
-//! (chosen at run time when the CPU has them) and for the baseline target.
+//! (chosen at run time when the CPU has them) and for the baseline target; the environment
+//! variable `LMFORGE_PORTABLE_KERNELS` forces the baseline build.
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// `ln 2` split so that `n * LN2_HI` is exact for the `n` that occur.
@@ -58,9 +59,7 @@ macro_rules! simd_dispatch {
                 fn wide($($arg: $ty),*) {
                     body($($arg),*)
                 }
-                if std::arch::is_x86_feature_detected!("avx2")
-                    && std::arch::is_x86_feature_detected!("fma")
-                {
+                if $crate::fused::math::wide_simd() {
                     // SAFETY: the CPU supports the features `wide` is compiled for.
                     return unsafe { wide($($arg),*) };
                 }
@@ -71,6 +70,19 @@ macro_rules! simd_dispatch {
 }
 
 pub(crate) use simd_dispatch;
+
+/// Whether [`simd_dispatch!`] bodies run their AVX2 + FMA build: the CPU has both and the
+/// environment variable `LMFORGE_PORTABLE_KERNELS` is unset (set, every kernel runs its
+/// baseline build; CI runs the kernel tests both ways). Read once.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn wide_simd() -> bool {
+    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WIDE.get_or_init(|| {
+        std::env::var_os("LMFORGE_PORTABLE_KERNELS").is_none()
+            && std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma")
+    })
+}
 
 /// `erfc(a)` for `a >= 0`: the Chebyshev fit of Numerical Recipes (`erfcc`), relative error
 /// below 1.2e-7 before rounding.

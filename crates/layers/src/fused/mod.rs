@@ -14,6 +14,7 @@ pub(crate) mod attention;
 pub(crate) mod layer_norm;
 pub(crate) mod linear;
 pub(crate) mod math;
+pub(crate) mod packed;
 #[cfg(test)]
 pub(crate) mod test_support;
 

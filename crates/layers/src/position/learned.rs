@@ -2,7 +2,9 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{Embedding, EmbeddingConfig, Initializer};
+use burn::nn::Initializer;
+
+use crate::{Embedding, EmbeddingConfig};
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::error::{LayerError, check};
@@ -76,3 +78,5 @@ impl LearnedPositions {
         self.embedding.forward(positions)
     }
 }
+
+crate::pack_layers!(LearnedPositions { embedding });

@@ -370,3 +370,14 @@ impl DecoderBlock {
         )
     }
 }
+
+crate::pack_layers!(EncoderBlock {
+    attention,
+    feed_forward
+});
+crate::pack_layers!(CrossAttention { attention });
+crate::pack_layers!(DecoderBlock {
+    self_attention,
+    cross_attention,
+    feed_forward
+});

@@ -3,7 +3,9 @@
 use crate::rows::linear_rows;
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig, Initializer, Linear, LinearConfig};
+use burn::nn::{Dropout, DropoutConfig, Initializer};
+
+use crate::{Linear, LinearConfig};
 use burn::tensor::activation::{gelu, relu, sigmoid, silu};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
@@ -227,3 +229,5 @@ impl FeedForward {
         linear_rows(&self.down, self.dropout.forward(hidden))
     }
 }
+
+crate::pack_layers!(FeedForward { up, gate, down });

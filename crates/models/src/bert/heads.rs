@@ -1,9 +1,10 @@
 //! BERT's task heads and the task models (encoder + head) HuggingFace names `BertFor*`.
 
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig, Embedding, Linear};
+use burn::nn::{Dropout, DropoutConfig};
 use burn::tensor::{Device, Tensor};
 use lmforge_layers::transformer::{FeedForwardActivation, Norm};
+use lmforge_layers::{Embedding, Linear};
 
 use super::model::{Bert, BertConfig, BertInput, BertOutput};
 use crate::error::{ModelError, check};
@@ -406,3 +407,11 @@ impl BertConfig {
         ))
     }
 }
+
+lmforge_layers::pack_layers!(MaskedLmHead { transform });
+lmforge_layers::pack_layers!(BertForMaskedLm { bert, mlm });
+lmforge_layers::pack_layers!(BertForPreTraining { bert, mlm, nsp });
+lmforge_layers::pack_layers!(BertForNextSentencePrediction { bert, nsp });
+lmforge_layers::pack_layers!(BertForSequenceClassification { bert, classifier });
+lmforge_layers::pack_layers!(BertForTokenClassification { bert, classifier });
+lmforge_layers::pack_layers!(BertForQuestionAnswering { bert, qa });

@@ -2,12 +2,13 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, Linear};
+use burn::nn::{Dropout, DropoutConfig, Initializer};
 use burn::tensor::activation::tanh;
 use burn::tensor::{Bool, Device, Int, Tensor};
 use lmforge_layers::transformer::{
     BlockConfig, EncoderBlock, FeedForwardActivation, Norm, NormKind, normal_linear,
 };
+use lmforge_layers::{Embedding, EmbeddingConfig, Linear};
 
 use crate::error::{ModelError, check, check_dropout};
 use crate::tokens::{assert_tokens, check_positions};
@@ -332,3 +333,14 @@ impl Bert {
         }
     }
 }
+
+lmforge_layers::pack_layers!(BertEmbeddings {
+    word,
+    position,
+    token_type
+});
+lmforge_layers::pack_layers!(Bert {
+    embeddings,
+    blocks,
+    pooler
+});

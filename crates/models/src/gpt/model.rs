@@ -3,12 +3,13 @@
 
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig, Embedding, EmbeddingConfig, Initializer, Linear};
+use burn::nn::{Dropout, DropoutConfig, Initializer};
 use burn::tensor::{Bool, DType, Device, Distribution, Int, Tensor, TensorData};
 use lmforge_layers::position::{LearnedPositions, LearnedPositionsConfig};
 use lmforge_layers::transformer::{
     BlockConfig, DecoderBlock, FeedForwardActivation, Norm, NormKind, normal_linear,
 };
+use lmforge_layers::{Embedding, EmbeddingConfig, Linear};
 
 use crate::cache::{DecoderCache, DecoderInputs};
 use crate::error::{ModelError, check, check_dropout};
@@ -351,3 +352,10 @@ impl Gpt {
         self.norm.forward(x)
     }
 }
+
+lmforge_layers::pack_layers!(Gpt {
+    token_embedding,
+    positions,
+    blocks,
+    lm_head
+});

@@ -3,12 +3,13 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
+use burn::nn::Initializer;
 use burn::tensor::{Bool, DType, Device, Int, Tensor};
 use lmforge_layers::position::{RopeConfig, RopeScaling};
 use lmforge_layers::transformer::{
     BlockConfig, DecoderBlock, FeedForwardActivation, Norm, NormKind, normal_linear,
 };
+use lmforge_layers::{Embedding, EmbeddingConfig, Linear};
 
 use crate::cache::{DecoderCache, DecoderInputs};
 use crate::error::{ModelError, check, check_dropout};
@@ -359,3 +360,9 @@ impl Llama {
         self.norm.forward(x)
     }
 }
+
+lmforge_layers::pack_layers!(Llama {
+    token_embedding,
+    blocks,
+    lm_head
+});

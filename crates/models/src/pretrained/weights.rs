@@ -5,9 +5,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use burn::module::Param;
-use burn::nn::{Embedding, Linear};
 use burn::tensor::{DType, Tensor, TensorData};
 use lmforge_layers::transformer::Norm;
+use lmforge_layers::{Embedding, Linear};
 use safetensors::{Dtype, SafeTensors};
 
 use crate::error::ModelError;
