@@ -246,7 +246,8 @@ fn compress(
     };
     use lmforge::compression::quantize::{self, QuantScheme, QuantizeConfig};
     use lmforge::compression::report::{
-        Report, ReportRow, file_bytes, interleaved_latencies, nonzero_parameters,
+        Report, ReportRow, file_bytes, initialize_parameters, interleaved_latencies,
+        measure_resident, nonzero_parameters,
     };
     use lmforge::models::bert::BertInput;
 
@@ -264,10 +265,21 @@ fn compress(
             .with_token_types(batch.type_ids.clone())
             .with_mask_pad(batch.padding_mask.clone())
     };
-    let mut variants: Vec<(String, BertForSequenceClassification, PathBuf)> = Vec::new();
+    // Each variant with the resident memory its weights took when it was loaded from its file
+    // onto the inference device (where quantized layers stay packed); pruned variants are
+    // float models of the baseline's memory and are not measured.
+    type Variant = (String, BertForSequenceClassification, PathBuf, Option<u64>);
+    let mut variants: Vec<Variant> = Vec::new();
     let float = dir.join("float32.bpk");
     lmforge::models::pretrained::save(model, &float)?;
-    variants.push(("float32".into(), model.clone(), float));
+    let (loaded, weights) = measure_resident(|| {
+        let loaded = lmforge::models::pretrained::load(model.valid(), &float);
+        if let Ok(m) = &loaded {
+            initialize_parameters(m);
+        }
+        loaded
+    });
+    variants.push(("float32".into(), loaded?, float, weights));
     for (name, scheme) in [
         ("int8 per channel", QuantScheme::Int8PerChannel),
         ("int4 blocks of 32", QuantScheme::int4()),
@@ -275,18 +287,24 @@ fn compress(
         let file = dir.join(format!("{}.safetensors", name.replace(' ', "-")));
         quantize::quantize(model.clone(), &QuantizeConfig::new(scheme))?.save(&file)?;
         // What a user gets back from the file.
-        let loaded = quantize::load(model.clone(), &file)?;
-        variants.push((name.into(), loaded.model, file));
+        let (loaded, weights) = measure_resident(|| {
+            let loaded = quantize::load(model.valid(), &file);
+            if let Ok(q) = &loaded {
+                initialize_parameters(&q.model);
+            }
+            loaded
+        });
+        variants.push((name.into(), loaded?.model, file, weights));
     }
     let (sparse, _) = prune_magnitude(model.clone(), &PruneConfig::new(0.5))?;
     let file = dir.join("magnitude-50.bpk");
     lmforge::models::pretrained::save(&sparse, &file)?;
-    variants.push(("50% magnitude, one-shot".into(), sparse, file));
+    variants.push(("50% magnitude, one-shot".into(), sparse, file, None));
     let keep = keep_most_important(&head_importance(model), 0.25)?;
     let heads = prune_heads(model.clone(), &keep)?;
     let file = dir.join("heads-75.bpk");
     lmforge::models::pretrained::save(&heads, &file)?;
-    variants.push(("25% of heads removed".into(), heads, file));
+    variants.push(("25% of heads removed".into(), heads, file, None));
 
     let mut report = Report::new(
         "test accuracy",
@@ -298,11 +316,11 @@ fn compress(
         ),
     );
     let runners: Vec<BertForSequenceClassification> =
-        variants.iter().map(|(_, m, _)| m.valid()).collect();
+        variants.iter().map(|(_, m, _, _)| m.valid()).collect();
     let latencies = interleaved_latencies(&runners, 10, |runner| {
         let _ = runner.forward(input()).logits.into_data();
     });
-    for ((method, variant, file), latency) in variants.into_iter().zip(latencies) {
+    for ((method, variant, file, weights_bytes), latency) in variants.into_iter().zip(latencies) {
         let accuracy = evaluate(&variant, task, test, None)?
             .accuracy
             .context("no accuracy")?;
@@ -313,6 +331,7 @@ fn compress(
             file_bytes: file_bytes(&file),
             quality: accuracy,
             latency_ms: latency.as_secs_f64() * 1e3,
+            weights_bytes,
         });
     }
     if !args.quiet {

@@ -26,7 +26,8 @@ use lmforge::compression::prune::{
 };
 use lmforge::compression::quantize::{self, QuantScheme, QuantizeConfig};
 use lmforge::compression::report::{
-    Report, ReportRow, file_bytes, interleaved_latencies, nonzero_parameters,
+    Report, ReportRow, file_bytes, initialize_parameters, interleaved_latencies, measure_resident,
+    nonzero_parameters,
 };
 use lmforge::data::dataset::lm_blocks::LmBlocksConfig;
 use lmforge::data::tokenizer::{CharTokenizer, Tokenizer};
@@ -164,7 +165,11 @@ pub fn run(args: &Args) -> Result<Report> {
     // Quality and size now; latency at the end, all variants interleaved, so that a busy
     // machine slows every variant alike.
     let mut runners: Vec<Gpt> = Vec::new();
-    let mut measure = |method: &str, model: &Gpt, file: PathBuf| -> Result<ReportRow> {
+    let mut measure = |method: &str,
+                       model: &Gpt,
+                       file: PathBuf,
+                       weights_bytes: Option<u64>|
+     -> Result<ReportRow> {
         let quality = evaluate(model, &task, &valid, Some(args.eval_batches))?.perplexity;
         runners.push(model.valid());
         let row = ReportRow {
@@ -174,6 +179,7 @@ pub fn run(args: &Args) -> Result<Report> {
             file_bytes: file_bytes(&file),
             quality,
             latency_ms: f64::NAN,
+            weights_bytes,
         };
         say(
             args,
@@ -201,7 +207,16 @@ pub fn run(args: &Args) -> Result<Report> {
         ),
     );
 
-    report.push(measure("float32", &model, save_float(&model, "float32")?)?);
+    // Weights in memory: the growth of resident memory while a variant is loaded from its file
+    // onto the inference device (where quantized layers stay packed).
+    let float_file = save_float(&model, "float32")?;
+    let (float_loaded, float_weights) = measure_resident(|| -> Result<Gpt> {
+        let model = lmforge::models::pretrained::load(config.init(&inference)?, &float_file)?;
+        initialize_parameters(&model);
+        Ok(model)
+    });
+    drop(float_loaded?);
+    report.push(measure("float32", &model, float_file, float_weights)?);
 
     for (name, scheme) in [
         ("int8 per channel", QuantScheme::Int8PerChannel),
@@ -210,9 +225,14 @@ pub fn run(args: &Args) -> Result<Report> {
         let quantized = quantize::quantize(model.clone(), &QuantizeConfig::new(scheme))?;
         let file = out.join(format!("{}.safetensors", name.replace(' ', "-")));
         quantized.save(&file)?;
+        drop(quantized);
         // Measure what a user gets back from the file.
-        let loaded = quantize::load(config.init(&device)?, &file)?;
-        report.push(measure(name, &loaded.model, file)?);
+        let (loaded, weights) = measure_resident(|| -> Result<Gpt> {
+            let model = quantize::load(config.init(&inference)?, &file)?.model;
+            initialize_parameters(&model);
+            Ok(model)
+        });
+        report.push(measure(name, &loaded?, file, weights)?);
     }
 
     let fifty = PruneConfig::new(0.5);
@@ -221,6 +241,7 @@ pub fn run(args: &Args) -> Result<Report> {
         "50% magnitude, one-shot",
         &pruned,
         save_float(&pruned, "magnitude-one-shot")?,
+        None,
     )?);
 
     say(args, "gradual pruning to 50% while fine-tuning");
@@ -239,6 +260,7 @@ pub fn run(args: &Args) -> Result<Report> {
         "50% magnitude, gradual + fine-tune",
         &gradual,
         save_float(&gradual, "magnitude-gradual")?,
+        None,
     )?);
 
     say(args, "removing 25% of the heads, then fine-tuning");
@@ -256,6 +278,7 @@ pub fn run(args: &Args) -> Result<Report> {
         "25% of heads removed + fine-tune",
         &heads,
         save_float(&heads, "heads-pruned")?,
+        None,
     )?);
 
     let student_layers = (args.layers / 2).max(1);
@@ -278,6 +301,7 @@ pub fn run(args: &Args) -> Result<Report> {
         &format!("distilled into {student_layers} blocks"),
         &student,
         save_float(&student, "distilled")?,
+        None,
     )?);
 
     say(args, "timing the forward pass of every variant");

@@ -47,11 +47,12 @@ use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{DType, Device, Int, Tensor, TensorData};
 use lmforge::compression::quantize::{self, QuantScheme, QuantizeConfig};
+use lmforge::compression::report::{initialize_parameters, measure_resident};
 use lmforge::data::batcher::BatcherConfig;
 use lmforge::data::tokenizer::Encoding;
 use lmforge::models::bert::{BertConfig, BertInput};
 use lmforge::models::generate::{Decoder, GenerationConfig, generate};
-use lmforge::models::gpt::GptConfig;
+use lmforge::models::gpt::{Gpt, GptConfig};
 use lmforge::models::llama::LlamaConfig;
 use lmforge::models::lstm_lm::LstmLmConfig;
 use lmforge::objectives::masked_lm::MaskingConfig;
@@ -445,16 +446,17 @@ fn gpt2_generate(
     .with_attention_dropout(0.0);
     let (prompt_length, new) = if options.tiny { (4, 8) } else { (16, 128) };
     device.seed(0);
-    let before = resident_mib();
-    let model = config.init(device)?;
-    let model = match scheme {
-        Some(scheme) => quantize::quantize(model, &QuantizeConfig::new(scheme))?.model,
-        None => model,
-    };
-    device.sync().context("device sync")?;
-    let weights = resident_mib()
-        .zip(before)
-        .map(|(after, before)| after - before);
+    let (model, weights) = measure_resident(|| -> Result<Gpt> {
+        let model = config.init(device)?;
+        let model = match scheme {
+            Some(scheme) => quantize::quantize(model, &QuantizeConfig::new(scheme))?.model,
+            None => model,
+        };
+        initialize_parameters(&model);
+        device.sync().context("device sync")?;
+        Ok(model)
+    });
+    let model = model?;
     let prompt = token_rows(1, prompt_length, config.vocab_size, 6);
     let timing = time_greedy(&model, &prompt, new, device, options)?;
     let (case, dtype) = match scheme {
@@ -466,7 +468,7 @@ fn gpt2_generate(
                       "layers": config.n_layers, "heads": config.n_heads, "batch": 1,
                       "prompt": prompt_length, "new_tokens": new, "weights": dtype});
     let mut m = timing.measurement(case, device, new, json);
-    m.weights_rss_mib = weights;
+    m.weights_rss_mib = weights.map(|b| b as f64 / (1 << 20) as f64);
     Ok(m)
 }
 
@@ -572,27 +574,6 @@ fn matmul(device: &Device, options: &Options) -> Result<Vec<Measurement>> {
         out.push(m);
     }
     Ok(out)
-}
-
-/// The process's resident memory now, in MiB, after returning freed heap memory to the system
-/// (Linux with glibc; `None` elsewhere).
-fn resident_mib() -> Option<f64> {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            fn malloc_trim(pad: usize) -> i32;
-        }
-        // SAFETY: glibc's malloc_trim only releases free memory; any argument is valid.
-        unsafe {
-            malloc_trim(0);
-        }
-        let status = std::fs::read_to_string("/proc/self/status").ok()?;
-        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
-        let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib / 1024.0)
-    }
-    #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    None
 }
 
 /// Resets the kernel's peak-resident-memory mark of this process (Linux; elsewhere a no-op).

@@ -1,5 +1,5 @@
-//! Before-and-after reports: parameters, bytes on disk, quality and forward latency of each
-//! compressed variant of a model, as a Markdown table.
+//! Before-and-after reports: parameters, bytes on disk and in memory, quality and forward
+//! latency of each compressed variant of a model, as a Markdown table.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -24,6 +24,10 @@ pub struct ReportRow {
     pub quality: f64,
     /// Median forward latency, milliseconds.
     pub latency_ms: f64,
+    /// Resident memory the variant's weights take, measured ([`measure_resident`]) when the
+    /// variant was built or loaded; `None` when not measured.
+    #[serde(default)]
+    pub weights_bytes: Option<u64>,
 }
 
 /// A table of variants; the first row is the baseline the others are compared with.
@@ -77,19 +81,24 @@ impl Report {
             return String::new();
         };
         let mut out = format!(
-            "| method | parameters | non-zero | file | file vs base | {} | quality loss | latency (ms) | speed-up |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+            "| method | parameters | non-zero | file | file vs base | weights in memory | memory vs base | {} | quality loss | latency (ms) | speed-up |\n\
+             |---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
             self.quality_name
         );
         for row in &self.rows {
             out.push_str(&format!(
-                "| {} | {} | {} ({:.0}%) | {} | {:.3}x | {:.4} | {:+.2}% | {:.2} | {:.2}x |\n",
+                "| {} | {} | {} ({:.0}%) | {} | {:.3}x | {} | {} | {:.4} | {:+.2}% | {:.2} | {:.2}x |\n",
                 row.method,
                 row.parameters,
                 row.nonzero,
                 100.0 * row.nonzero as f64 / row.parameters.max(1) as f64,
                 human_bytes(row.file_bytes),
                 row.file_bytes as f64 / base.file_bytes.max(1) as f64,
+                row.weights_bytes.map_or("-".into(), human_bytes),
+                match (row.weights_bytes, base.weights_bytes) {
+                    (Some(w), Some(b)) if b > 0 => format!("{:.3}x", w as f64 / b as f64),
+                    _ => "-".into(),
+                },
                 row.quality,
                 100.0 * self.quality_loss(row),
                 row.latency_ms,
@@ -99,6 +108,56 @@ impl Report {
         out.push_str(&format!("\nlatency: {}\n", self.latency_setting));
         out
     }
+}
+
+/// The process's resident memory in bytes (Linux `VmRSS`), after returning freed heap memory
+/// to the system where the allocator allows it (glibc's `malloc_trim`); `None` elsewhere.
+pub fn resident_bytes() -> Option<u64> {
+    #[cfg(target_os = "linux")]
+    {
+        #[cfg(target_env = "gnu")]
+        {
+            unsafe extern "C" {
+                fn malloc_trim(pad: usize) -> i32;
+            }
+            // SAFETY: glibc's malloc_trim only releases free memory; any argument is valid.
+            unsafe {
+                malloc_trim(0);
+            }
+        }
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
+/// Initializes every parameter of `model` that is not yet: burn creates a parameter's values
+/// lazily, at its first use, so a model's memory is measured after this.
+pub fn initialize_parameters<M: Module>(model: &M) {
+    struct Touch;
+    impl burn::module::ModuleVisitor for Touch {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
+            let _ = param.val();
+        }
+    }
+    model.visit(&mut Touch);
+}
+
+/// Runs `f` and returns its result with the growth of the process's resident memory over the
+/// call ([`resident_bytes`] after minus before, at least 0): for a call that builds or loads a
+/// model (and [initializes](initialize_parameters) its parameters), the memory the model
+/// holds (what `f` frees before returning is not counted).
+pub fn measure_resident<T>(f: impl FnOnce() -> T) -> (T, Option<u64>) {
+    let before = resident_bytes();
+    let out = f();
+    let after = resident_bytes();
+    (out, after.zip(before).map(|(a, b)| a.saturating_sub(b)))
 }
 
 fn human_bytes(bytes: u64) -> String {
@@ -202,13 +261,14 @@ mod tests {
             file_bytes,
             quality,
             latency_ms,
+            weights_bytes: Some(file_bytes),
         };
         report.push(row("float32", 4000, 2.0, 10.0));
         report.push(row("int8", 1000, 2.02, 5.0));
         let table = report.table();
         assert!(
             table.contains(
-                "| int8 | 100 | 50 (50%) | 1000 B | 0.250x | 2.0200 | +1.00% | 5.00 | 2.00x |"
+                "| int8 | 100 | 50 (50%) | 1000 B | 0.250x | 1000 B | 0.250x | 2.0200 | +1.00% | 5.00 | 2.00x |"
             ),
             "{table}"
         );

@@ -6,6 +6,10 @@
 //! - [`position`]: learned, sinusoidal and rotary positional encodings.
 //! - [`transformer`]: feed-forward sub-layer, LayerNorm/RMSNorm, and Transformer encoder and
 //!   decoder blocks (pre-LN or post-LN, optional cross-attention, KV-cached decoding).
+//! - [`Linear`] and [`Embedding`]: burn's layers of those names (same parameters and paths)
+//!   that can keep their weights quantized and packed ([`quant`]: int8 per channel, int4 in
+//!   blocks), multiplied through a kernel that widens the integers in registers;
+//!   [`PackLayers`] reaches every such layer of a model.
 //!
 //! Every layer works on any burn device; this crate never selects a backend.
 //!

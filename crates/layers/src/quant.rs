@@ -8,7 +8,10 @@
 //! widens the integers to `f32` in registers (the weight is never widened as a whole).
 //!
 //! Both schemes are symmetric (zero maps to zero): `w ≈ q · scale` with `scale = max|w| / q_max`
-//! over the group and `q = round(w / scale)` clamped to `±q_max`.
+//! over the group and `q = round(w / scale)` clamped to `±q_max`. Int8 keeps its per-channel
+//! scales in `f32`; int4 keeps its per-block scales in `f16` (a block's scale is an eighth of
+//! its bytes' worth in `f32`), rounded up to the next `f16` so that no value is clamped: the
+//! error per value stays at most half the stored scale.
 //!
 //! ```
 //! use lmforge_layers::quant::{PackedWeight, QuantScheme};
@@ -17,10 +20,12 @@
 //! let values = [0.5, -1.0, 0.25, 0.0, 2.0, 1.0, -0.5, 0.1];
 //! let packed = PackedWeight::quantize(&values, 2, 4, QuantScheme::Int8PerChannel)?;
 //! assert_eq!(packed.integers(), vec![64, -127, 32, 0, 127, 64, -32, 6]);
-//! assert_eq!(packed.scales(), &[1.0 / 127.0, 2.0 / 127.0]);
+//! assert_eq!(packed.scales(), vec![1.0 / 127.0, 2.0 / 127.0]);
 //! # Ok::<(), lmforge_layers::LayerError>(())
 //! ```
 
+use half::f16;
+use half::slice::HalfFloatSliceExt;
 use serde::{Deserialize, Serialize};
 
 use crate::LayerError;
@@ -100,14 +105,57 @@ fn invalid(reason: String) -> LayerError {
 ///   each stored as `q + 8`. A channel's last block is padded with zeros when `b` does not
 ///   divide `width`. One scale per block.
 ///
-/// Scales are channel-major too: channel `c`'s are `scales[c * groups..][..groups]`.
+/// Scales are channel-major too: channel `c`'s are `scales[c * groups..][..groups]`; `f32`
+/// for int8, `f16` for int4.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PackedWeight {
     scheme: QuantScheme,
     channels: usize,
     width: usize,
     data: Vec<u8>,
-    scales: Vec<f32>,
+    scales: Scales,
+}
+
+/// Per-group scales as kept in memory.
+#[derive(Clone, Debug, PartialEq)]
+enum Scales {
+    F32(Vec<f32>),
+    F16(Vec<f16>),
+}
+
+impl Scales {
+    fn len(&self) -> usize {
+        match self {
+            Scales::F32(s) => s.len(),
+            Scales::F16(s) => s.len(),
+        }
+    }
+
+    fn bytes(&self) -> usize {
+        match self {
+            Scales::F32(s) => 4 * s.len(),
+            Scales::F16(s) => 2 * s.len(),
+        }
+    }
+
+    fn get(&self, i: usize) -> f32 {
+        match self {
+            Scales::F32(s) => s[i],
+            Scales::F16(s) => s[i].to_f32(),
+        }
+    }
+}
+
+/// The smallest `f16` at or above `x` (non-negative, finite), as `f32`; `None` beyond `f16`'s
+/// range.
+fn f16_at_or_above(x: f32) -> Option<f16> {
+    let h = f16::from_f32(x);
+    let h = if h.to_f32() < x {
+        f16::from_bits(h.to_bits() + 1)
+    } else {
+        h
+    };
+    h.is_finite().then_some(h)
 }
 
 impl PackedWeight {
@@ -144,7 +192,16 @@ impl PackedWeight {
         {
             for (chunk, ints) in channel.chunks(group).zip(ints.chunks_mut(group)) {
                 let max = chunk.iter().map(|w| w.abs()).fold(0.0f32, f32::max);
-                let scale = max / q_max;
+                let scale = match scheme {
+                    QuantScheme::Int8PerChannel => max / q_max,
+                    QuantScheme::Int4Block { .. } => f16_at_or_above(max / q_max)
+                        .ok_or_else(|| {
+                            invalid(format!(
+                                "a block of magnitude {max} is beyond the f16 scales of int4"
+                            ))
+                        })?
+                        .to_f32(),
+                };
                 scales.push(scale);
                 if scale > 0.0 {
                     for (q, w) in ints.iter_mut().zip(chunk) {
@@ -192,6 +249,19 @@ impl PackedWeight {
         if scales.iter().any(|s| !s.is_finite() || *s < 0.0) {
             return Err(invalid("a negative or non-finite scale".into()));
         }
+        let scales = match scheme {
+            QuantScheme::Int8PerChannel => Scales::F32(scales),
+            QuantScheme::Int4Block { .. } => {
+                // Exactly sized: the scales of a large table are megabytes.
+                let mut half = Vec::with_capacity(scales.len());
+                for &s in &scales {
+                    half.push(f16_at_or_above(s).ok_or_else(|| {
+                        invalid(format!("an int4 scale of {s} is beyond f16's range"))
+                    })?);
+                }
+                Scales::F16(half)
+            }
+        };
         let data = match scheme {
             QuantScheme::Int8PerChannel => integers.iter().map(|&q| q as u8).collect(),
             QuantScheme::Int4Block { block } => {
@@ -240,9 +310,24 @@ impl PackedWeight {
         self.width.div_ceil(self.group_len())
     }
 
-    /// The scales, channel-major.
-    pub fn scales(&self) -> &[f32] {
-        &self.scales
+    /// The scales, channel-major, as `f32` (int4's are kept in `f16`: an `f32` scale given
+    /// to [`Self::from_integers`] is rounded up to the next `f16`).
+    pub fn scales(&self) -> Vec<f32> {
+        (0..self.scales.len()).map(|i| self.scales.get(i)).collect()
+    }
+
+    /// Channel `channel`'s scales, as `f32`, into `dst[..groups_per_channel]`.
+    ///
+    /// # Panics
+    /// When `channel` is out of range or `dst` is too short.
+    pub fn channel_scales(&self, channel: usize, dst: &mut [f32]) {
+        let groups = self.groups_per_channel();
+        let start = channel * groups;
+        match &self.scales {
+            Scales::F32(s) => dst[..groups].copy_from_slice(&s[start..start + groups]),
+            // F16C when the CPU has it.
+            Scales::F16(s) => s[start..start + groups].convert_to_f32_slice(&mut dst[..groups]),
+        }
     }
 
     /// The packed bytes (layout in the type's documentation).
@@ -260,7 +345,7 @@ impl PackedWeight {
 
     /// Bytes held in memory: packed values and scales.
     pub fn memory_bytes(&self) -> usize {
-        self.data.len() + 4 * self.scales.len()
+        self.data.len() + self.scales.bytes()
     }
 
     /// The integers, one per value, channel-major.
@@ -294,14 +379,14 @@ impl PackedWeight {
         let width = self.width;
         let bytes = &self.data[channel * self.channel_bytes()..][..self.channel_bytes()];
         let groups = self.groups_per_channel();
-        let scales = &self.scales[channel * groups..][..groups];
         let dst = &mut dst[..width];
         match self.scheme {
-            QuantScheme::Int8PerChannel => widen_i8(bytes, scales[0], dst),
+            QuantScheme::Int8PerChannel => widen_i8(bytes, self.scales.get(channel), dst),
             QuantScheme::Int4Block { block } => {
                 let half = block.div_ceil(2);
-                for (g, (dst, scale)) in dst.chunks_mut(block).zip(scales).enumerate() {
-                    widen_i4(&bytes[g * half..][..half], *scale, dst);
+                for (g, dst) in dst.chunks_mut(block).enumerate() {
+                    let scale = self.scales.get(channel * groups + g);
+                    widen_i4(&bytes[g * half..][..half], scale, dst);
                 }
             }
         }
@@ -382,23 +467,19 @@ mod tests {
                 assert_eq!(p.data().len(), channels * p.channel_bytes());
                 let ints = p.integers();
                 let back = p.dequantize();
+                let scales = p.scales();
                 let g = p.group_len();
                 for c in 0..channels {
                     for i in 0..width {
-                        let scale = p.scales()[c * p.groups_per_channel() + i / g];
+                        let scale = scales[c * p.groups_per_channel() + i / g];
                         let at = c * width + i;
                         assert_eq!(back[at], f32::from(ints[at]) * scale);
                         assert!((back[at] - w[at]).abs() <= scale * 0.5 * (1.0 + 1e-5));
                     }
                 }
-                let again = PackedWeight::from_integers(
-                    &ints,
-                    p.scales().to_vec(),
-                    channels,
-                    width,
-                    scheme,
-                )
-                .unwrap();
+                let again =
+                    PackedWeight::from_integers(&ints, scales.clone(), channels, width, scheme)
+                        .unwrap();
                 assert_eq!(again, p);
             }
         }
@@ -415,11 +496,13 @@ mod tests {
         assert_eq!(p.data(), &[76, 129, 32]);
         let p = PackedWeight::quantize(&w, 1, 3, QuantScheme::int4()).unwrap();
         assert_eq!(p.integers(), vec![4, -7, 2]);
-        assert_eq!(p.scales(), &[1.0 / 7.0]);
+        // 1/7 rounded up to the next f16: 0x3093 = 1171 / 8192 (0x3092 is below 1/7).
+        assert_eq!(p.scales(), vec![1171.0 / 8192.0]);
+        assert!(1171.0 / 8192.0 >= 1.0f32 / 7.0 && 1170.0 / 8192.0 < 1.0f32 / 7.0);
         let mut want = vec![0x88u8; 16];
         want[..3].copy_from_slice(&[0x80 | 12, 0x80 | 1, 0x80 | 10]);
         assert_eq!(p.data(), want.as_slice());
-        assert_eq!(p.memory_bytes(), 16 + 4);
+        assert_eq!(p.memory_bytes(), 16 + 2);
     }
 
     #[test]

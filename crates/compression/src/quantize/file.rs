@@ -63,7 +63,7 @@ impl<M: Module> QuantizedModel<M> {
                 format!("{path}.qscales"),
                 Dtype::F32,
                 vec![q.channels(), q.groups_per_channel()],
-                f32_bytes(q.scales()),
+                f32_bytes(&q.scales()),
             ));
             entries.insert(
                 path.clone(),

@@ -91,8 +91,8 @@ impl QuantizedTensor {
     }
 
     /// One scale per group, channel-major: channel `c`'s groups are
-    /// `scales()[c * groups_per_channel ..][.. groups_per_channel]`.
-    pub fn scales(&self) -> &[f32] {
+    /// `scales()[c * groups_per_channel ..][.. groups_per_channel]` (int4's are `f16` values).
+    pub fn scales(&self) -> Vec<f32> {
         self.packed.scales()
     }
 
@@ -268,7 +268,13 @@ mod tests {
                     for (g, chunk) in idx.chunks(group).enumerate() {
                         let scale = q.scales()[channel * q.groups_per_channel() + g];
                         let max = chunk.iter().map(|&i| weights[i].abs()).fold(0.0, f32::max);
-                        assert!((scale * scheme.q_max() - max).abs() <= max * 1e-6);
+                        // Exact for int8; int4's is the next f16 at or above (2^-10 apart).
+                        let exact = max / scheme.q_max();
+                        let slack = match scheme {
+                            QuantScheme::Int8PerChannel => 1e-6,
+                            QuantScheme::Int4Block { .. } => 1.0 / 1024.0,
+                        };
+                        assert!(scale >= exact * (1.0 - 1e-6) && scale <= exact * (1.0 + slack));
                         for &i in chunk {
                             let err = (back[i] - weights[i]).abs();
                             assert!(err <= scale * 0.5 * (1.0 + 1e-5), "{scheme:?} axis {axis}");
@@ -287,18 +293,18 @@ mod tests {
     }
 
     /// Hand-derived: channel [0.6, -1.0, 0.25] (a column) has scale 1/127, so its integers
-    /// are round(76.2) = 76, -127, round(31.75) = 32; in int4 with one block, scale 1/7:
-    /// round(4.2) = 4, -7, round(1.75) = 2.
+    /// are round(76.2) = 76, -127, round(31.75) = 32; in int4 with one block, scale 1/7 kept as
+    /// the next f16 up, 1171/8192: round(4.197) = 4, round(-6.996) = -7, round(1.749) = 2.
     #[test]
     fn hand_derived_values() {
         let weights = [0.6, -1.0, 0.25];
         let q =
             QuantizedTensor::quantize(&weights, [3, 1], 1, QuantScheme::Int8PerChannel).unwrap();
         assert_eq!(q.values(), vec![76, -127, 32]);
-        assert_eq!(q.scales(), &[1.0 / 127.0]);
+        assert_eq!(q.scales(), vec![1.0 / 127.0]);
         let q = QuantizedTensor::quantize(&weights, [3, 1], 1, QuantScheme::int4()).unwrap();
         assert_eq!(q.values(), vec![4, -7, 2]);
-        assert_eq!(q.scales(), &[1.0 / 7.0]);
+        assert_eq!(q.scales(), vec![1171.0 / 8192.0]); // 1/7 rounded up to an f16
     }
 
     #[test]

@@ -71,6 +71,54 @@ macro_rules! simd_dispatch {
 
 pub(crate) use simd_dispatch;
 
+/// [`simd_dispatch!`] with a third build, for AVX-512 (F + BW), chosen first when the CPU has
+/// it (and `LMFORGE_PORTABLE_KERNELS` is unset): for the loops that are bound by arithmetic
+/// rather than memory (widening packed integers).
+macro_rules! simd_dispatch_512 {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
+        $(#[$meta])*
+        $vis fn $name($($arg: $ty),*) {
+            #[inline(always)]
+            fn body($($arg: $ty),*) $body
+
+            #[cfg(target_arch = "x86_64")]
+            {
+                #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+                fn wide512($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                #[target_feature(enable = "avx2,fma")]
+                fn wide($($arg: $ty),*) {
+                    body($($arg),*)
+                }
+                if $crate::fused::math::wide_simd_512() {
+                    // SAFETY: the CPU supports the features `wide512` is compiled for.
+                    return unsafe { wide512($($arg),*) };
+                }
+                if $crate::fused::math::wide_simd() {
+                    // SAFETY: the CPU supports the features `wide` is compiled for.
+                    return unsafe { wide($($arg),*) };
+                }
+            }
+            body($($arg),*)
+        }
+    };
+}
+
+pub(crate) use simd_dispatch_512;
+
+/// Whether [`simd_dispatch_512!`] bodies run their AVX-512 build: [`wide_simd`] and the CPU
+/// has AVX-512 F and BW. Read once.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn wide_simd_512() -> bool {
+    static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *WIDE.get_or_init(|| {
+        wide_simd()
+            && std::arch::is_x86_feature_detected!("avx512f")
+            && std::arch::is_x86_feature_detected!("avx512bw")
+    })
+}
+
 /// Whether [`simd_dispatch!`] bodies run their AVX2 + FMA build: the CPU has both and the
 /// environment variable `LMFORGE_PORTABLE_KERNELS` is unset (set, every kernel runs its
 /// baseline build; CI runs the kernel tests both ways). Read once.

@@ -16,7 +16,7 @@ use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::linear::dot;
-use super::math::simd_dispatch;
+use super::math::simd_dispatch_512;
 use super::{contiguous, flex_tensor, matmul, slice};
 use crate::quant::{PackedWeight, QuantScheme, widen_i4};
 
@@ -27,7 +27,7 @@ const CHANNELS_PER_TASK: usize = 32;
 /// Channels per widened block of the many-rows path.
 const BLOCK: usize = 512;
 
-simd_dispatch! {
+simd_dispatch_512! {
     /// `out[0] = Σ x[i] q[i]` for int8 bytes `q` (sixteen partial sums).
     fn dot_i8(x: &[f32], q: &[u8], out: &mut [f32]) {
         let mut acc = [0f32; 16];
@@ -50,7 +50,7 @@ simd_dispatch! {
     }
 }
 
-simd_dispatch! {
+simd_dispatch_512! {
     /// `out[0] = Σ_g scales[g] Σ_t x[32 g + t] q[32 g + t]` over whole int4 blocks of 32
     /// (16 bytes each: values `t` and `t + 16` share byte `t`).
     fn dot_i4_32(x: &[f32], bytes: &[u8], scales: &[f32], out: &mut [f32]) {
@@ -74,12 +74,20 @@ simd_dispatch! {
     }
 }
 
-/// `x · w_channel` for one row `x` of the channel's width.
-fn dot_channel(x: &[f32], w: &PackedWeight, channel: usize, buf: &mut [f32]) -> f32 {
+/// `x · w_channel` for one row `x` of the channel's width (`buf`: room for a block; `scales`:
+/// room for a channel's scales).
+fn dot_channel(
+    x: &[f32],
+    w: &PackedWeight,
+    channel: usize,
+    buf: &mut [f32],
+    scales: &mut [f32],
+) -> f32 {
     let width = w.width();
     let bytes = &w.data()[channel * w.channel_bytes()..][..w.channel_bytes()];
     let groups = w.groups_per_channel();
-    let scales = &w.scales()[channel * groups..][..groups];
+    w.channel_scales(channel, scales);
+    let scales = &scales[..groups];
     let mut out = 0f32;
     match w.scheme() {
         QuantScheme::Int8PerChannel => {
@@ -162,12 +170,12 @@ fn few_rows(x: &[f32], m: usize, w: &PackedWeight) -> Vec<f32> {
     yt.par_chunks_mut(CHANNELS_PER_TASK * m)
         .enumerate()
         .for_each_init(
-            || vec![0f32; k],
-            |buf, (chunk, out)| {
+            || (vec![0f32; k], vec![0f32; w.groups_per_channel()]),
+            |(buf, scales), (chunk, out)| {
                 for (cc, out) in out.chunks_mut(m).enumerate() {
                     let channel = chunk * CHANNELS_PER_TASK + cc;
                     if m == 1 {
-                        out[0] = dot_channel(x, w, channel, buf);
+                        out[0] = dot_channel(x, w, channel, buf, scales);
                         continue;
                     }
                     w.dequantize_channel(channel, buf);

@@ -25,7 +25,7 @@ pub(super) struct Packed {
 fn wide_kernel() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        crate::fused::math::wide_simd()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
