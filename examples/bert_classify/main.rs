@@ -272,14 +272,20 @@ fn compress(
     let mut variants: Vec<Variant> = Vec::new();
     let float = dir.join("float32.bpk");
     lmforge::models::pretrained::save(model, &float)?;
-    let (loaded, weights) = measure_resident(|| {
-        let loaded = lmforge::models::pretrained::load(model.valid(), &float);
-        if let Ok(m) = &loaded {
+    // The float model's weights: a fresh model of the same shape, every parameter initialized.
+    let n_labels = model.classifier.weight.dims()[1];
+    let (fresh, weights) = measure_resident(|| {
+        let fresh = model
+            .bert
+            .config()
+            .init_sequence_classification(n_labels, &inference);
+        if let Ok(m) = &fresh {
             initialize_parameters(m);
         }
-        loaded
+        fresh
     });
-    variants.push(("float32".into(), loaded?, float, weights));
+    drop(fresh?);
+    variants.push(("float32".into(), model.clone(), float, weights));
     for (name, scheme) in [
         ("int8 per channel", QuantScheme::Int8PerChannel),
         ("int4 blocks of 32", QuantScheme::int4()),

@@ -207,15 +207,16 @@ pub fn run(args: &Args) -> Result<Report> {
         ),
     );
 
-    // Weights in memory: the growth of resident memory while a variant is loaded from its file
-    // onto the inference device (where quantized layers stay packed).
+    // Weights in memory: the growth of resident memory while a variant is built (float: a
+    // fresh model of the same config) or loaded from its file (quantized) on the inference
+    // device, where quantized layers stay packed.
     let float_file = save_float(&model, "float32")?;
-    let (float_loaded, float_weights) = measure_resident(|| -> Result<Gpt> {
-        let model = lmforge::models::pretrained::load(config.init(&inference)?, &float_file)?;
+    let (fresh, float_weights) = measure_resident(|| -> Result<Gpt> {
+        let model = config.init(&inference)?;
         initialize_parameters(&model);
         Ok(model)
     });
-    drop(float_loaded?);
+    drop(fresh?);
     report.push(measure("float32", &model, float_file, float_weights)?);
 
     for (name, scheme) in [

@@ -567,3 +567,154 @@ fn distillation_trains_the_student_toward_the_teacher() {
     let after = soft(&out.model);
     assert!(after < 0.7 * before, "soft loss {before} -> {after}");
 }
+
+/// The parameter paths of every `Linear` and `Embedding` weight of `model`, as burn lists them.
+fn layer_weights<M: Module>(model: &M) -> Vec<String> {
+    let mut paths: Vec<String> = parameters(model)
+        .into_iter()
+        .filter(|p| (p.owner == "Linear" || p.owner == "Embedding") && p.shape.len() == 2)
+        .map(|p| p.path)
+        .collect();
+    paths.sort();
+    paths
+}
+
+/// `quantize` packs every `Linear` and `Embedding` weight of each model type (none missed by
+/// its `PackLayers` listing), and the packed models' outputs stay within int8's bound of the
+/// float outputs (max |difference| at most 3% of the largest float output).
+#[test]
+fn every_model_type_is_packed_completely() {
+    use lmforge_models::llama::LlamaConfig;
+    use lmforge_models::lstm_lm::LstmLmConfig;
+    use lmforge_models::seq2seq::{Seq2SeqConfig, Seq2SeqInput};
+
+    fn check<M: Module + lmforge_layers::PackLayers>(name: &str, model: M) -> M {
+        let expected = layer_weights(&model);
+        assert!(!expected.is_empty(), "{name}");
+        let quantized =
+            quantize::quantize(model, &QuantizeConfig::new(QuantScheme::Int8PerChannel)).unwrap();
+        let got: Vec<String> = quantized.tensors.keys().cloned().collect();
+        assert_eq!(got, expected, "{name}: packed layers");
+        quantized.model
+    }
+    fn close<const D: usize>(name: &str, float: Tensor<D>, packed: Tensor<D>) {
+        let scale = max_abs(float.clone());
+        let error = max_abs(float - packed) / scale;
+        assert!(
+            error < 0.03 && error > 0.0,
+            "{name}: relative error {error}"
+        );
+    }
+
+    let device = reference_device().clone();
+    let x = tokens(&device);
+    let bert = BertConfig::tiny(VOCAB).with_max_seq_length(32);
+    check("masked lm", bert.init_masked_lm(&device).unwrap());
+    check("pre-training", bert.init_pretraining(&device).unwrap());
+    check("nsp", bert.init_next_sentence_prediction(&device).unwrap());
+    check(
+        "tokens",
+        bert.init_token_classification(3, &device).unwrap(),
+    );
+    check("qa", bert.init_question_answering(&device).unwrap());
+    let classifier = bert.init_sequence_classification(2, &device).unwrap();
+    let packed = check("classification", classifier.clone());
+    close(
+        "classification",
+        classifier.forward(BertInput::new(x.clone())).logits,
+        packed.forward(BertInput::new(x.clone())).logits,
+    );
+
+    for tie in [false, true] {
+        let lstm = LstmLmConfig::new(VOCAB)
+            .with_d_embedding(32)
+            .with_d_hidden(32)
+            .with_n_layers(1)
+            .with_dropout(0.0)
+            .with_tie_weights(tie)
+            .init(&device)
+            .unwrap();
+        let packed = check("lstm lm", lstm.clone());
+        close(
+            "lstm lm",
+            lstm.forward(x.clone(), None).0,
+            packed.forward(x.clone(), None).0,
+        );
+    }
+
+    let seq2seq = Seq2SeqConfig::tiny(VOCAB).init(&device).unwrap();
+    let packed = check("seq2seq", seq2seq.clone());
+    close(
+        "seq2seq",
+        seq2seq.forward(Seq2SeqInput::new(x.clone(), x.clone())),
+        packed.forward(Seq2SeqInput::new(x.clone(), x.clone())),
+    );
+
+    for tie in [false, true] {
+        let llama = LlamaConfig::tiny(VOCAB)
+            .with_tie_embeddings(tie)
+            .init(&device)
+            .unwrap();
+        let packed = check("llama", llama.clone());
+        close(
+            "llama",
+            llama.forward(x.clone(), None),
+            packed.forward(x.clone(), None),
+        );
+    }
+}
+
+/// A file in the format's version 1 as written before int4 scales were kept in `f16`: any
+/// `f32` scale. It loads, each int4 scale rounded up to the next `f16` (relative change below
+/// 2^-10), the integers unchanged.
+#[test]
+fn files_with_f32_int4_scales_still_load() {
+    use safetensors::tensor::{Dtype, TensorView};
+    use std::collections::HashMap;
+
+    let device = reference_device().clone();
+    let dir = tmp("old-format");
+    let model = gpt(&device, 5);
+    let quantized = quantize::quantize(model, &QuantizeConfig::new(QuantScheme::int4())).unwrap();
+    let file = dir.join("new.safetensors");
+    quantized.save(&file).unwrap();
+    // Rewrite every scale to an f32 value between two f16s (times 1 + 2^-12).
+    let bytes = std::fs::read(&file).unwrap();
+    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let metadata: HashMap<String, String> = header.metadata().clone().unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut owned: Vec<(String, Dtype, Vec<usize>, Vec<u8>)> = Vec::new();
+    for (name, view) in st.tensors() {
+        let mut data = view.data().to_vec();
+        if name.ends_with(".qscales") {
+            for chunk in data.chunks_mut(4) {
+                let v = f32::from_le_bytes(chunk.try_into().unwrap()) * (1.0 + 1.0 / 4096.0);
+                chunk.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        owned.push((name, view.dtype(), view.shape().to_vec(), data));
+    }
+    let views: Vec<(String, TensorView<'_>)> = owned
+        .iter()
+        .map(|(n, d, s, b)| (n.clone(), TensorView::new(*d, s.clone(), b).unwrap()))
+        .collect();
+    let old = dir.join("old.safetensors");
+    std::fs::write(&old, safetensors::serialize(views, Some(metadata)).unwrap()).unwrap();
+
+    let loaded = quantize::load(gpt(&device, 6), &old).unwrap();
+    for (path, q) in &quantized.tensors {
+        let l = &loaded.tensors[path];
+        assert_eq!(l.values(), q.values(), "{path}: integers");
+        for (a, b) in l.scales().iter().zip(q.scales()) {
+            let written = b * (1.0 + 1.0 / 4096.0);
+            assert!(
+                *a >= written && *a <= written * (1.0 + 1.0 / 1024.0),
+                "{path}: {a} vs {written}"
+            );
+        }
+    }
+    let a = quantized.model.forward(tokens(&device), None);
+    let b = loaded.model.forward(tokens(&device), None);
+    let error = max_abs(a.clone() - b) / max_abs(a);
+    assert!(error < 0.01, "relative logit change {error}");
+}
