@@ -7,7 +7,7 @@
 //!
 //! [`simd_dispatch!`](crate::fused::math::simd_dispatch) compiles a loop twice, for AVX2 + FMA
 //! (chosen at run time when the CPU has them) and for the baseline target; the environment
-//! variable `LMFORGE_PORTABLE_KERNELS` forces the baseline build.
+//! variable `LMFORGE_KERNELS=portable` forces the baseline build (`avx2`: at most AVX2).
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// `ln 2` split so that `n * LN2_HI` is exact for the `n` that occur.
@@ -72,7 +72,7 @@ macro_rules! simd_dispatch {
 pub(crate) use simd_dispatch;
 
 /// [`simd_dispatch!`] with a third build, for AVX-512 (F + BW), chosen first when the CPU has
-/// it (and `LMFORGE_PORTABLE_KERNELS` is unset): for the loops that are bound by arithmetic
+/// it (and `LMFORGE_KERNELS` allows it): for the loops that are bound by arithmetic
 /// rather than memory (widening packed integers).
 macro_rules! simd_dispatch_512 {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
@@ -107,26 +107,35 @@ macro_rules! simd_dispatch_512 {
 
 pub(crate) use simd_dispatch_512;
 
-/// Whether [`simd_dispatch_512!`] bodies run their AVX-512 build: [`wide_simd`] and the CPU
-/// has AVX-512 F and BW. Read once.
+/// Whether [`simd_dispatch_512!`] bodies run their AVX-512 build: [`wide_simd`], the CPU has
+/// AVX-512 F and BW, and `LMFORGE_KERNELS` is not `avx2`. Read once.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn wide_simd_512() -> bool {
     static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *WIDE.get_or_init(|| {
         wide_simd()
+            && kernel_cap() != "avx2"
             && std::arch::is_x86_feature_detected!("avx512f")
             && std::arch::is_x86_feature_detected!("avx512bw")
     })
 }
 
-/// Whether [`simd_dispatch!`] bodies run their AVX2 + FMA build: the CPU has both and the
-/// environment variable `LMFORGE_PORTABLE_KERNELS` is unset (set, every kernel runs its
-/// baseline build; CI runs the kernel tests both ways). Read once.
+/// The widest instruction set the kernels may use, from the environment variable
+/// `LMFORGE_KERNELS`: `portable` (the baseline build of every kernel), `avx2` (at most AVX2 +
+/// FMA), unset or anything else: the best the CPU has. CI runs the kernel tests with each.
+#[cfg(target_arch = "x86_64")]
+fn kernel_cap() -> &'static str {
+    static CAP: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    CAP.get_or_init(|| std::env::var("LMFORGE_KERNELS").unwrap_or_default())
+}
+
+/// Whether [`simd_dispatch!`] bodies run their AVX2 + FMA build: the CPU has both and
+/// `LMFORGE_KERNELS` is not `portable`. Read once.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn wide_simd() -> bool {
     static WIDE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
     *WIDE.get_or_init(|| {
-        std::env::var_os("LMFORGE_PORTABLE_KERNELS").is_none()
+        kernel_cap() != "portable"
             && std::arch::is_x86_feature_detected!("avx2")
             && std::arch::is_x86_feature_detected!("fma")
     })
