@@ -718,3 +718,22 @@ fn files_with_f32_int4_scales_still_load() {
     let error = max_abs(a.clone() - b) / max_abs(a);
     assert!(error < 0.01, "relative logit change {error}");
 }
+
+/// A packed model exports its dequantized weights: the HuggingFace folder it writes loads
+/// back into a float model with the packed model's logits (to f32 rounding).
+#[test]
+fn packed_models_export_their_dequantized_weights() {
+    use lmforge_models::Pretrained;
+
+    let device = reference_device().clone();
+    let dir = tmp("export-packed");
+    for scheme in [QuantScheme::Int8PerChannel, QuantScheme::int4()] {
+        let quantized = quantize::quantize(gpt(&device, 8), &QuantizeConfig::new(scheme)).unwrap();
+        quantized.model.save_pretrained(dir.join("hf")).unwrap();
+        let float = Gpt::from_pretrained(dir.join("hf"), &device).unwrap();
+        let a = quantized.model.forward(tokens(&device), None);
+        let b = float.forward(tokens(&device), None);
+        let error = max_abs(a.clone() - b) / max_abs(a);
+        assert!(error < 1e-5, "{scheme:?}: relative difference {error}");
+    }
+}

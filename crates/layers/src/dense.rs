@@ -17,6 +17,10 @@
 //! `weight` as well (computed once), and the layer's methods run burn's ops with it: the same
 //! numbers (to `f32` rounding), the float layer's memory and speed. A flex-packed layer moved to
 //! another device (or used with autodiff inputs) dequantizes for each product.
+//!
+//! [`Linear::unpack`] / [`Embedding::unpack`] turn a packed layer back into a float one (the
+//! HuggingFace export does this on its copy). Assigning `weight` directly on a packed layer
+//! does not unpack it: the packed weight keeps being used; unpack first.
 
 use std::sync::Arc;
 
@@ -175,6 +179,20 @@ impl Linear {
             dense,
         });
         Ok(())
+    }
+
+    /// Turns a packed layer back into a float one: `weight` holds the dequantized values (the
+    /// parameter keeps its id) and the packed form is dropped. No effect on a float layer.
+    pub fn unpack(&mut self) {
+        if let Some(packing) = self.packing.take()
+            && !packing.dense
+        {
+            let [k, n] = self.weight.shape().dims();
+            let values = packing.weight.dequantize_transposed();
+            let device = self.weight.val().device();
+            let weight = Tensor::<2>::from_data(TensorData::new(values, [k, n]), &device);
+            self.weight = Param::initialized(self.weight.id, weight);
+        }
     }
 
     /// The weight as `[d_input, d_output]` values for a product on `device`: the parameter, or
@@ -340,6 +358,22 @@ impl Embedding {
             dense,
         });
         Ok(())
+    }
+
+    /// Turns a packed table back into a float one: `weight` holds the dequantized values (the
+    /// parameter keeps its id) and the packed form is dropped. No effect on a float table.
+    pub fn unpack(&mut self) {
+        if let Some(packing) = self.packing.take()
+            && !packing.dense
+        {
+            let shape = self.weight.shape().dims::<2>();
+            let device = self.weight.val().device();
+            let weight = Tensor::<2>::from_data(
+                TensorData::new(packing.weight.dequantize(), shape),
+                &device,
+            );
+            self.weight = Param::initialized(self.weight.id, weight);
+        }
     }
 
     /// The table's values: the parameter, or the packed table dequantized when the parameter
@@ -623,6 +657,29 @@ mod tests {
                 })
                 .collect();
             assert_close(&got, &want, &format!("{:?} project", selected.backend));
+        }
+    }
+
+    /// `unpack` gives a float layer computing the same function from the dequantized weight.
+    #[test]
+    fn unpack_restores_a_float_layer() {
+        for selected in test_devices() {
+            let device = &selected.device;
+            let mut linear = LinearConfig::new(40, 7).init(device);
+            linear.pack(QuantScheme::int4()).unwrap();
+            let x = Tensor::<2>::from_data(TensorData::new(pseudo_random(80, 3), [2, 40]), device);
+            let packed = values(linear.forward(x.clone()));
+            let want = linear.packed().unwrap().dequantize_transposed();
+            linear.unpack();
+            assert!(linear.packed().is_none());
+            assert_eq!(values(linear.weight.val()), want);
+            let float = values(linear.forward(x));
+            let diff = packed
+                .iter()
+                .zip(&float)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(diff < 1e-5, "{:?}: {diff}", selected.backend);
         }
     }
 

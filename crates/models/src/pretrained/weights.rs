@@ -468,13 +468,15 @@ impl Visitor for Exporter {
     }
 }
 
-/// A `Linear` as `{name}.weight` (+ `{name}.bias`); `torch_layout`: stored `[d_out, d_in]`.
+/// A `Linear` as `{name}.weight` (+ `{name}.bias`); `torch_layout`: stored `[d_out, d_in]`. A
+/// packed layer is unpacked first (exported as its dequantized values; overwritten on import).
 pub(crate) fn linear<V: Visitor>(
     v: &mut V,
     name: &str,
     linear: &mut Linear,
     torch_layout: bool,
 ) -> Result<(), ModelError> {
+    linear.unpack();
     v.param(&format!("{name}.weight"), &mut linear.weight, torch_layout)?;
     if let Some(bias) = linear.bias.as_mut() {
         v.param(&format!("{name}.bias"), bias, false)?;
@@ -496,12 +498,14 @@ pub(crate) fn norm<V: Visitor>(v: &mut V, name: &str, norm: &mut Norm) -> Result
     Ok(())
 }
 
-/// An `Embedding` as `{name}.weight`, `[n_embeddings, d_model]` in both layouts.
+/// An `Embedding` as `{name}.weight`, `[n_embeddings, d_model]` in both layouts (a packed
+/// table unpacked first, as [`linear`]).
 pub(crate) fn embedding<V: Visitor>(
     v: &mut V,
     name: &str,
     embedding: &mut Embedding,
 ) -> Result<(), ModelError> {
+    embedding.unpack();
     v.param(&format!("{name}.weight"), &mut embedding.weight, false)
 }
 
