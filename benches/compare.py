@@ -21,11 +21,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ["gpt-train", "lstm-train", "bert-mlm-train", "gpt-generate", "llama-generate",
-         "llama-generate-bf16", "gpt-generate-f32", "gpt-generate-int8", "gpt-generate-int4",
-         "minilm-forward", "matmul"]
+         "llama-generate-bf16", "llama-generate-int8", "llama-generate-int4", "gpt-generate-f32",
+         "gpt-generate-int8", "gpt-generate-int4", "minilm-forward", "matmul"]
 # Cases whose PyTorch twin is another case: PyTorch has no packed int4 CPU path in
 # torch.ao, so int4 decoding is compared with PyTorch's dynamic int8 model.
-TWINS = {"gpt-generate-int4": "gpt-generate-int8"}
+TWINS = {"gpt-generate-int4": "gpt-generate-int8", "llama-generate-int4": "llama-generate-int8"}
 
 
 def run(command, threads):

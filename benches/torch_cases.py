@@ -19,7 +19,7 @@ import torch
 from transformers import BertConfig, BertForMaskedLM, BertModel, GPT2Config, GPT2LMHeadModel
 
 CASES = ["gpt-train", "lstm-train", "bert-mlm-train", "gpt-generate", "llama-generate",
-         "llama-generate-bf16", "gpt-generate-f32", "gpt-generate-int8",
+         "llama-generate-bf16", "llama-generate-int8", "gpt-generate-f32", "gpt-generate-int8",
          "minilm-forward", "matmul"]
 
 
@@ -212,7 +212,8 @@ def gpt_generate(args):
 def llama_generate(args, dtype="f32"):
     """HuggingFace LlamaForCausalLM (sdpa attention) generate() with the same sizes as
     lmforge's case (random weights, a random prompt of the same length), in f32 or with the
-    model in bf16 (`model.to(torch.bfloat16)`, as `from_pretrained(dtype=torch.bfloat16)`)."""
+    model in bf16 (`model.to(torch.bfloat16)`, as `from_pretrained(dtype=torch.bfloat16)`), or
+    with `quantize_dynamic` on every `nn.Linear` (int8 per channel; the embedding stays f32)."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     s = {"vocab": 32000, "width": 768, "layers": 8, "heads": 12, "kv_heads": 4, "ffn": 2048}
@@ -226,6 +227,14 @@ def llama_generate(args, dtype="f32"):
     if dtype == "bf16":
         model = model.to(torch.bfloat16)
         case = "llama-generate-bf16"
+    if dtype == "int8":
+        import warnings
+
+        warnings.filterwarnings("ignore", category=UserWarning)
+        qconfig = torch.ao.quantization.per_channel_dynamic_qconfig
+        model = torch.ao.quantization.quantize_dynamic(
+            model, {torch.nn.Linear: qconfig}, dtype=torch.qint8)
+        case = "llama-generate-int8"
     prompt = torch.tensor(token_rows(1, prompt_length, s["vocab"], 5))
     config = dict(s, batch=1, prompt=prompt_length, new_tokens=new, dtype=dtype)
     return measurement(args, case, timed_greedy(args, model, prompt, new), new, config)
@@ -331,6 +340,7 @@ def main():
                  "bert-mlm-train": bert_mlm_train, "gpt-generate": gpt_generate,
                  "llama-generate": llama_generate,
                  "llama-generate-bf16": lambda a: llama_generate(a, "bf16"),
+                 "llama-generate-int8": lambda a: llama_generate(a, "int8"),
                  "gpt-generate-f32": gpt2_generate,
                  "gpt-generate-int8": lambda a: gpt2_generate(a, "int8"),
                  "minilm-forward": minilm_forward, "matmul": matmul}

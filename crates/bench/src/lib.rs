@@ -10,6 +10,8 @@
 //! | `gpt-generate` | greedy generation with the KV cache on the `gpt-train` shape: batch 1, prompt 16, 256 new tokens |
 //! | `llama-generate` | greedy generation with the KV cache of a ~100M-parameter grouped-query Llama (8 layers, width 768, 12 query / 4 key-value heads, FFN 2048, vocab 32000, untied): batch 1, prompt 16, 128 new tokens |
 //! | `llama-generate-bf16` | `llama-generate` with the parameters in bf16 (activations f32) |
+//! | `llama-generate-int8` | `llama-generate` with every `Linear` and `Embedding` packed as int8 per channel |
+//! | `llama-generate-int4` | the same with int4 in blocks of 32 |
 //! | `gpt-generate-f32` | greedy generation with the KV cache of a GPT-2-small-size model (12 layers, width 768, 12 heads, vocab 50257, tied embeddings; random weights): batch 1, prompt 16, 128 new tokens |
 //! | `gpt-generate-int8` | `gpt-generate-f32` with every `Linear` and `Embedding` quantized to int8 per channel and kept packed |
 //! | `gpt-generate-int4` | the same with int4 in blocks of 32 |
@@ -64,13 +66,15 @@ use serde::Serialize;
 use serde_json::json;
 
 /// The benchmark cases, in the order `all` runs them.
-pub const CASES: [&str; 11] = [
+pub const CASES: [&str; 13] = [
     "gpt-train",
     "lstm-train",
     "bert-mlm-train",
     "gpt-generate",
     "llama-generate",
     "llama-generate-bf16",
+    "llama-generate-int8",
+    "llama-generate-int4",
     "gpt-generate-f32",
     "gpt-generate-int8",
     "gpt-generate-int4",
@@ -154,8 +158,26 @@ pub fn run(case: &str, device: &Device, options: &Options) -> Result<Vec<Measure
         "lstm-train" => vec![lstm_train(device, options)?],
         "bert-mlm-train" => vec![bert_mlm_train(device, options)?],
         "gpt-generate" => vec![gpt_generate(device, options)?],
-        "llama-generate" => vec![llama_generate(device, options, DType::F32)?],
-        "llama-generate-bf16" => vec![llama_generate(device, options, DType::BF16)?],
+        "llama-generate" => vec![llama_generate(
+            device,
+            options,
+            LlamaWeights::Float(DType::F32),
+        )?],
+        "llama-generate-bf16" => vec![llama_generate(
+            device,
+            options,
+            LlamaWeights::Float(DType::BF16),
+        )?],
+        "llama-generate-int8" => vec![llama_generate(
+            device,
+            options,
+            LlamaWeights::Packed(QuantScheme::Int8PerChannel),
+        )?],
+        "llama-generate-int4" => vec![llama_generate(
+            device,
+            options,
+            LlamaWeights::Packed(QuantScheme::int4()),
+        )?],
         "gpt-generate-f32" => vec![gpt2_generate(device, options, None)?],
         "gpt-generate-int8" => vec![gpt2_generate(
             device,
@@ -472,7 +494,18 @@ fn gpt2_generate(
     Ok(m)
 }
 
-fn llama_generate(device: &Device, options: &Options, dtype: DType) -> Result<Measurement> {
+/// How the Llama case holds its weights.
+#[derive(Clone, Copy)]
+enum LlamaWeights {
+    Float(DType),
+    Packed(QuantScheme),
+}
+
+fn llama_generate(
+    device: &Device,
+    options: &Options,
+    weights: LlamaWeights,
+) -> Result<Measurement> {
     let (vocab, width, layers, heads, kv_heads, ffn) = if options.tiny {
         (64, 32, 1, 4, 2, 64)
     } else {
@@ -487,18 +520,27 @@ fn llama_generate(device: &Device, options: &Options, dtype: DType) -> Result<Me
         .with_n_kv_heads(Some(kv_heads))
         .with_d_ff(ffn)
         .with_max_seq_length(2048)
-        .init(device)?
-        .with_param_dtype(dtype)?;
+        .init(device)?;
+    let (model, case, name) = match weights {
+        LlamaWeights::Float(DType::F32) => (model, "llama-generate", "f32"),
+        LlamaWeights::Float(dtype) => (
+            model.with_param_dtype(dtype)?,
+            "llama-generate-bf16",
+            "bf16",
+        ),
+        LlamaWeights::Packed(scheme) => {
+            let model = quantize::quantize(model, &QuantizeConfig::new(scheme))?.model;
+            match scheme {
+                QuantScheme::Int8PerChannel => (model, "llama-generate-int8", "int8"),
+                QuantScheme::Int4Block { .. } => (model, "llama-generate-int4", "int4"),
+            }
+        }
+    };
     let prompt = token_rows(1, prompt_length, vocab, 5);
     let timing = time_greedy(&model, &prompt, new, device, options)?;
     let json = json!({"vocab": vocab, "width": width, "layers": layers, "heads": heads,
                       "kv_heads": kv_heads, "ffn": ffn, "batch": 1, "prompt": prompt_length,
-                      "new_tokens": new, "dtype": if dtype == DType::F32 { "f32" } else { "bf16" }});
-    let case = if dtype == DType::F32 {
-        "llama-generate"
-    } else {
-        "llama-generate-bf16"
-    };
+                      "new_tokens": new, "dtype": name});
     Ok(timing.measurement(case, device, new, json))
 }
 
