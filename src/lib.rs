@@ -16,8 +16,8 @@
 //! | [`compression`] | `lmforge-compression` | quantization, pruning, distillation |
 //!
 //! Backends are cargo features of this crate: `flex` (default, pure-Rust CPU), `ndarray`,
-//! `wgpu` (any GPU, or a software Vulkan/GL driver), `cpu`, plus `fusion` and `autotune` for
-//! GPU runs. The same model code runs on each; the [`Device`](burn::tensor::Device) decides.
+//! `wgpu` (any GPU, or a software Vulkan/GL driver), plus `fusion` and `autotune` for GPU
+//! runs. The same model code runs on each; the [`Device`](burn::tensor::Device) decides.
 //!
 //! ```
 //! use lmforge::prelude::*;

@@ -7,8 +7,9 @@
 //! the backend is not compiled in or no graphics adapter can be found.
 //!
 //! Which backends exist in a build is decided by this crate's cargo features, forwarded by the
-//! `lmforge` facade: `flex` (the default CPU backend), `ndarray`, `wgpu`, `cpu`, plus `fusion`
-//! and `autotune` for the GPU backends. With the `testing` feature, the `testing` module offers the
+//! `lmforge` facade: `flex` (the default CPU backend), `ndarray`, `wgpu`, plus `fusion` and
+//! `autotune` for the GPU backends. This crate's `cpu` feature (burn's CubeCL LLVM backend) is
+//! not forwarded: its build downloads LLVM, so it is neither built nor tested offline. With the `testing` feature, the `testing` module offers the
 //! backend-parity harness every lmforge crate's tests use.
 //!
 //! ```
