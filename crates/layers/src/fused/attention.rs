@@ -426,7 +426,7 @@ mod tests {
     use lmforge_device::Backend;
     use lmforge_device::testing::test_devices;
 
-    use crate::fused::test_support::{flex_device, max_abs_diff, values};
+    use crate::fused::test_support::{FLEX_REQUIRED, flex_device, max_abs_diff, values};
 
     fn input(shape: [usize; 4], salt: usize, device: &Device) -> Tensor<4> {
         let n = shape.iter().product();
@@ -537,9 +537,7 @@ mod tests {
     /// checkpointing.
     #[test]
     fn fused_equals_composed_attention() {
-        let Some(flex) = flex_device() else {
-            return;
-        };
+        let flex = flex_device().expect(FLEX_REQUIRED);
         for device in [
             flex.clone().autodiff(),
             flex.clone().autodiff().gradient_checkpointing(),

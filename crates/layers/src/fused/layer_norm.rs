@@ -219,7 +219,7 @@ mod tests {
     use lmforge_device::Backend;
     use lmforge_device::testing::test_devices;
 
-    use crate::fused::test_support::{flex_device, max_abs_diff, values};
+    use crate::fused::test_support::{FLEX_REQUIRED, flex_device, max_abs_diff, values};
 
     fn input<const D: usize>(shape: [usize; D], salt: usize, device: &Device) -> Tensor<D> {
         let n = shape.iter().product();
@@ -258,9 +258,7 @@ mod tests {
     /// non-contiguous input, with and without checkpointing, and without autodiff).
     #[test]
     fn fused_equals_composed_layer_norm() {
-        let Some(flex) = flex_device() else {
-            return;
-        };
+        let flex = flex_device().expect(FLEX_REQUIRED);
         for device in [
             flex.clone().autodiff(),
             flex.clone().autodiff().gradient_checkpointing(),

@@ -358,7 +358,7 @@ mod tests {
     use burn::tensor::{DType, Device, Tensor, TensorData};
 
     use super::linear_product;
-    use crate::fused::test_support::{flex_device, values};
+    use crate::fused::test_support::{FLEX_REQUIRED, flex_device, values};
 
     /// Deterministic values in [-1, 1).
     fn pseudo_random(len: usize, seed: u64) -> Vec<f32> {
@@ -378,7 +378,7 @@ mod tests {
     /// bias, f16, bf16 and (few rows) f32, within 1e-5 relative to the row's scale.
     #[test]
     fn half_weight_products_equal_f64_reference() {
-        let device = flex_device().expect("the fused kernels are tested on flex");
+        let device = flex_device().expect(FLEX_REQUIRED);
         let shapes = [
             (1, 5, 7),
             (1, 130, 600),
@@ -461,7 +461,7 @@ mod tests {
     /// to the caller.
     #[test]
     fn other_dtypes_are_left_to_burn() {
-        let device = flex_device().expect("the fused kernels are tested on flex");
+        let device = flex_device().expect(FLEX_REQUIRED);
         let x = Tensor::<2>::ones([2, 3], &device);
         let w = Tensor::<2>::ones([3, 4], &device);
         assert!(linear_product(&x, &w, None, false).is_some());

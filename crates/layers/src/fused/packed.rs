@@ -239,7 +239,7 @@ mod tests {
     use burn::tensor::{Tensor, TensorData};
 
     use super::packed_product;
-    use crate::fused::test_support::{flex_device, values};
+    use crate::fused::test_support::{FLEX_REQUIRED, flex_device, values};
     use crate::quant::{PackedWeight, QuantScheme};
 
     fn pseudo_random(len: usize, seed: u64) -> Vec<f32> {
@@ -259,7 +259,7 @@ mod tests {
     /// 32 and of an odd size; with and without bias; within 1e-5 relative to the row's scale.
     #[test]
     fn packed_products_equal_f64_reference() {
-        let device = flex_device().expect("the fused kernels are tested on flex");
+        let device = flex_device().expect(FLEX_REQUIRED);
         let shapes = [
             (1, 5, 7),
             (1, 96, 130),

@@ -4,6 +4,11 @@ use burn::tensor::{Device, Tensor};
 use lmforge_device::Backend;
 use lmforge_device::testing::test_devices;
 
+/// Why a fused-kernel test fails without flex: the kernels run only there, so a test run
+/// that leaves flex out (`LMFORGE_TEST_DEVICES` without it) must not pass them silently.
+pub(crate) const FLEX_REQUIRED: &str =
+    "the fused kernels are tested on flex: LMFORGE_TEST_DEVICES must include flex";
+
 /// The flex test device, when this build tests on flex.
 pub(crate) fn flex_device() -> Option<Device> {
     test_devices()

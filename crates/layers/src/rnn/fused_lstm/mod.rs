@@ -385,7 +385,7 @@ mod tests {
     use lmforge_device::testing::test_devices;
 
     use super::lstm_sequence;
-    use crate::fused::test_support::{flex_device, max_abs_diff, values};
+    use crate::fused::test_support::{FLEX_REQUIRED, flex_device, max_abs_diff, values};
     use crate::rnn::recurrent::{Cell, DirState, RecurrentWeights};
 
     /// Deterministic values in about [-1, 1] (no RNG: the same numbers on every backend).
@@ -480,9 +480,7 @@ mod tests {
     /// thread blocks (batch 3 and 5), a single step, and gradient checkpointing.
     #[test]
     fn fused_equals_composed_values_and_gradients() {
-        let Some(device) = flex_device() else {
-            return;
-        };
+        let device = flex_device().expect(FLEX_REQUIRED);
         let names = [
             "y",
             "h_n",
@@ -520,9 +518,7 @@ mod tests {
     /// Without autodiff (inference) the fused forward equals the composed one.
     #[test]
     fn fused_inference_equals_composed() {
-        let Some(device) = flex_device() else {
-            return;
-        };
+        let device = flex_device().expect(FLEX_REQUIRED);
         let w = weights(3, 4, &device);
         let x: Tensor<3> = tensor([3, 6, 3], 5, &device);
         let state = || DirState {
