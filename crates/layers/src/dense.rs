@@ -24,7 +24,7 @@
 
 use std::sync::Arc;
 
-use burn::module::{Module, Param};
+use burn::module::{Module, Param, ParamId};
 use burn::nn::Initializer;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
@@ -397,6 +397,52 @@ impl Embedding {
             .filter(|p| !p.dense)
             .map(|p| p.weight.as_ref())
     }
+}
+
+/// A `Linear` with `N(0, std^2)` weights and zero bias (GPT-2 and BERT initialisation).
+pub fn normal_linear(d_in: usize, d_out: usize, bias: bool, std: f64, device: &Device) -> Linear {
+    let mut linear = LinearConfig::new(d_in, d_out)
+        .with_bias(bias)
+        .with_initializer(Initializer::Normal { mean: 0.0, std })
+        .init(device);
+    if let Some(b) = linear.bias.take() {
+        // A new parameter: `Param::map` with a fresh tensor would drop the gradient
+        // requirement, and the bias would never train.
+        linear.bias = Some(Param::from_tensor(b.val().zeros_like()));
+    }
+    linear
+}
+
+/// Keeps the output features `index` of `linear` (weight columns and bias entries).
+pub(crate) fn select_outputs(linear: &mut Linear, index: Tensor<1, Int>) {
+    linear.weight = reshaped(&linear.weight, |w| w.select(1, index.clone()));
+    if let Some(bias) = &linear.bias {
+        linear.bias = Some(reshaped(bias, |b| b.select(0, index)));
+    }
+}
+
+/// Keeps the input features `index` of `linear` (weight rows).
+pub(crate) fn select_inputs(linear: &mut Linear, index: Tensor<1, Int>) {
+    linear.weight = reshaped(&linear.weight, |w| w.select(0, index));
+}
+
+/// A new parameter (a new id: optimizer state of the old shape does not apply) holding
+/// `f(value)`, requiring gradients as the old one did.
+fn reshaped<const D: usize>(
+    param: &Param<Tensor<D>>,
+    f: impl FnOnce(Tensor<D>) -> Tensor<D>,
+) -> Param<Tensor<D>> {
+    let (_, value, mapper) = param.clone().consume();
+    let require_grad = value.is_require_grad();
+    // `detach` after the selection: the new parameter is a leaf of no graph. The mapper keeps
+    // the parameter's trainable setting (which a plain device's tensor flag does not show).
+    let value = f(value).detach();
+    let value = if require_grad {
+        value.require_grad()
+    } else {
+        value
+    };
+    Param::from_mapped_value(ParamId::new(), value, mapper)
 }
 
 /// Reaches every [`Linear`] and [`Embedding`] inside a module, with its parameter path (the

@@ -50,6 +50,7 @@ pub mod transformer;
 
 pub use dense::{
     Embedding, EmbeddingConfig, LayerMut, Linear, LinearConfig, PackLayers, join_path,
+    normal_linear,
 };
 pub use error::LayerError;
 

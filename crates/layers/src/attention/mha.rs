@@ -3,7 +3,7 @@
 use std::borrow::Cow;
 
 use burn::config::Config;
-use burn::module::{Module, Param, ParamId};
+use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
 
 use crate::Linear;
@@ -14,10 +14,10 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 use super::cache::KvCache;
 use super::mask::attention_mask;
+use crate::dense::{normal_linear, select_inputs, select_outputs};
 use crate::error::{LayerError, assert_shape, check, fetch};
 use crate::position::{Rope, RopeConfig};
 use crate::rows::linear_rows;
-use crate::transformer::normal_linear;
 
 /// Configuration of a [`MultiHeadAttention`].
 #[derive(Config, Debug)]
@@ -730,38 +730,6 @@ fn set_linear(linear: &mut Linear, weight: Tensor<2>, bias: Option<Tensor<1>>) {
     if let Some(bias) = bias {
         linear.bias = Some(Param::from_tensor(bias));
     }
-}
-
-/// Keeps the output features `index` of `linear` (weight columns and bias entries).
-pub(crate) fn select_outputs(linear: &mut Linear, index: Tensor<1, Int>) {
-    linear.weight = reshaped(&linear.weight, |w| w.select(1, index.clone()));
-    if let Some(bias) = &linear.bias {
-        linear.bias = Some(reshaped(bias, |b| b.select(0, index)));
-    }
-}
-
-/// Keeps the input features `index` of `linear` (weight rows).
-pub(crate) fn select_inputs(linear: &mut Linear, index: Tensor<1, Int>) {
-    linear.weight = reshaped(&linear.weight, |w| w.select(0, index));
-}
-
-/// A new parameter (a new id: optimizer state of the old shape does not apply) holding
-/// `f(value)`, requiring gradients as the old one did.
-fn reshaped<const D: usize>(
-    param: &Param<Tensor<D>>,
-    f: impl FnOnce(Tensor<D>) -> Tensor<D>,
-) -> Param<Tensor<D>> {
-    let (_, value, mapper) = param.clone().consume();
-    let require_grad = value.is_require_grad();
-    // `detach` after the selection: the new parameter is a leaf of no graph. The mapper keeps
-    // the parameter's trainable setting (which a plain device's tensor flag does not show).
-    let value = f(value).detach();
-    let value = if require_grad {
-        value.require_grad()
-    } else {
-        value
-    };
-    Param::from_mapped_value(ParamId::new(), value, mapper)
 }
 
 crate::pack_layers!(MultiHeadAttention {

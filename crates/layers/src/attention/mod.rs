@@ -5,10 +5,11 @@ mod cache;
 mod mask;
 mod mha;
 
+#[cfg(test)]
+pub(crate) use crate::dense::select_outputs;
 pub use cache::KvCache;
 pub use mask::{causal_mask, padding_mask};
 pub use mha::{AttentionInput, AttentionOutput, MultiHeadAttention, MultiHeadAttentionConfig};
-pub(crate) use mha::{select_inputs, select_outputs};
 
 #[cfg(test)]
 mod tests;

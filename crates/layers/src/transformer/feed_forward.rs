@@ -2,14 +2,14 @@
 
 use crate::rows::linear_rows;
 use burn::config::Config;
-use burn::module::{Module, Param};
-use burn::nn::{Dropout, DropoutConfig, Initializer};
+use burn::module::Module;
+use burn::nn::{Dropout, DropoutConfig};
 
-use crate::{Linear, LinearConfig};
+use crate::Linear;
 use burn::tensor::activation::{gelu, relu, sigmoid, silu};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use crate::attention::{select_inputs, select_outputs};
+use crate::dense::{normal_linear, select_inputs, select_outputs};
 use crate::error::{LayerError, check};
 
 /// The non-linearity of a [`FeedForward`].
@@ -88,20 +88,6 @@ impl FeedForwardConfig {
             activation: self.activation,
         })
     }
-}
-
-/// A `Linear` with `N(0, std^2)` weights and zero bias (GPT-2 and BERT initialisation).
-pub fn normal_linear(d_in: usize, d_out: usize, bias: bool, std: f64, device: &Device) -> Linear {
-    let mut linear = LinearConfig::new(d_in, d_out)
-        .with_bias(bias)
-        .with_initializer(Initializer::Normal { mean: 0.0, std })
-        .init(device);
-    if let Some(b) = linear.bias.take() {
-        // A new parameter: `Param::map` with a fresh tensor would drop the gradient
-        // requirement, and the bias would never train.
-        linear.bias = Some(Param::from_tensor(b.val().zeros_like()));
-    }
-    linear
 }
 
 /// Exact GELU, `x Φ(x) = x/2 (1 + erf(x/√2))`, with an exact gradient on every backend.

@@ -5,10 +5,11 @@ mod block;
 pub(crate) mod feed_forward;
 mod norm;
 
+pub use crate::dense::normal_linear;
 pub use block::{
     BlockConfig, CrossAttention, DecoderBlock, DecoderBlockCache, EncoderBlock, Memory,
 };
-pub use feed_forward::{FeedForward, FeedForwardActivation, FeedForwardConfig, normal_linear};
+pub use feed_forward::{FeedForward, FeedForwardActivation, FeedForwardConfig};
 pub use norm::{LayerNorm, Norm, NormKind};
 
 #[cfg(test)]
