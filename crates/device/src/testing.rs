@@ -281,6 +281,18 @@ impl ModuleVisitor for GradVisitor<'_> {
     }
 }
 
+/// The environment variable that sets how many devices [`assert_parity`] must compare (CI sets
+/// it to the number of backends it builds, so a parity test cannot silently run on one).
+pub const MIN_DEVICES_ENV: &str = "LMFORGE_PARITY_MIN_DEVICES";
+
+/// The minimum number of devices from [`MIN_DEVICES_ENV`] (1 when unset or unreadable).
+fn min_parity_devices() -> usize {
+    std::env::var(MIN_DEVICES_ENV)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(1)
+}
+
 /// Runs `run` on every [`test_devices`] entry, with autodiff enabled, and asserts that every
 /// recorded output and gradient equals the first device's within `tolerance`.
 ///
@@ -289,12 +301,25 @@ impl ModuleVisitor for GradVisitor<'_> {
 /// between backends. Returns the reference device's outputs, for further checks.
 ///
 /// # Panics
-/// On any mismatch, listing each differing output with its worst element.
+/// On any mismatch, listing each differing output with its worst element; when fewer devices
+/// take part than [`MIN_DEVICES_ENV`] asks for.
 pub fn assert_parity<F>(tolerance: Tolerance, run: F) -> Outputs
 where
     F: Fn(&Device) -> Outputs,
 {
     let devices = test_devices();
+    let required = min_parity_devices();
+    assert!(
+        devices.len() >= required,
+        "backend parity ran on {} device(s) ({}), and {MIN_DEVICES_ENV} requires {required}: \
+         a parity test that compares nothing must not pass",
+        devices.len(),
+        devices
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     let reference_name = devices[0].to_string();
     let reference = run(&devices[0].device.clone().autodiff());
     assert!(
