@@ -40,6 +40,57 @@ struct Packing {
     dense: bool,
 }
 
+impl Packing {
+    /// Makes `packed` the weight behind `param` (`channels_are_columns`: the parameter is
+    /// `[width, channels]`, a `Linear` weight; otherwise `[channels, width]`, a table): where
+    /// the packed kernel runs, `param` becomes a placeholder; elsewhere it holds the
+    /// dequantized values. The parameter keeps its id.
+    fn install(
+        param: &mut Param<Tensor<2>>,
+        packed: Arc<PackedWeight>,
+        channels_are_columns: bool,
+    ) -> Self {
+        let device = param.val().device();
+        let packing = Self {
+            weight: packed,
+            dense: !runs_packed(&device),
+        };
+        let value = if packing.dense {
+            packing.values_like(param, channels_are_columns)
+        } else {
+            placeholder(param.shape().dims(), &device)
+        };
+        *param = Param::initialized(param.id, value);
+        packing
+    }
+
+    /// Puts the dequantized values back into `param` when it is a placeholder.
+    fn uninstall(self, param: &mut Param<Tensor<2>>, channels_are_columns: bool) {
+        if !self.dense {
+            *param = Param::initialized(param.id, self.values_like(param, channels_are_columns));
+        }
+    }
+
+    /// The dequantized values in `param`'s layout, on its device.
+    fn values_like(&self, param: &Param<Tensor<2>>, channels_are_columns: bool) -> Tensor<2> {
+        let values = if channels_are_columns {
+            self.weight.dequantize_transposed()
+        } else {
+            self.weight.dequantize()
+        };
+        let shape = param.shape().dims::<2>();
+        Tensor::<2>::from_data(TensorData::new(values, shape), &param.val().device())
+    }
+
+    /// The packed weight when the parameter is a placeholder (the kernel's input).
+    fn kernel_input(packing: &Option<Self>) -> Option<&PackedWeight> {
+        packing
+            .as_ref()
+            .filter(|p| !p.dense)
+            .map(|p| p.weight.as_ref())
+    }
+}
+
 /// Settings of a [`Linear`] layer: burn's `LinearConfig` with the same defaults (bias on,
 /// Kaiming-uniform initialization as burn's).
 #[derive(Clone, Debug)]
@@ -165,33 +216,15 @@ impl Linear {
     pub fn set_packed(&mut self, packed: Arc<PackedWeight>) -> Result<(), LayerError> {
         let [k, n] = self.weight.shape().dims();
         check_packed_shape("Linear", &packed, n, k)?;
-        let device = self.weight.val().device();
-        let dense = !runs_packed(&device);
-        let weight = if dense {
-            let values = packed.dequantize_transposed();
-            Tensor::<2>::from_data(TensorData::new(values, [k, n]), &device)
-        } else {
-            placeholder([k, n], &device)
-        };
-        self.weight = Param::initialized(self.weight.id, weight);
-        self.packing = Some(Packing {
-            weight: packed,
-            dense,
-        });
+        self.packing = Some(Packing::install(&mut self.weight, packed, true));
         Ok(())
     }
 
     /// Turns a packed layer back into a float one: `weight` holds the dequantized values (the
     /// parameter keeps its id) and the packed form is dropped. No effect on a float layer.
     pub fn unpack(&mut self) {
-        if let Some(packing) = self.packing.take()
-            && !packing.dense
-        {
-            let [k, n] = self.weight.shape().dims();
-            let values = packing.weight.dequantize_transposed();
-            let device = self.weight.val().device();
-            let weight = Tensor::<2>::from_data(TensorData::new(values, [k, n]), &device);
-            self.weight = Param::initialized(self.weight.id, weight);
+        if let Some(packing) = self.packing.take() {
+            packing.uninstall(&mut self.weight, true);
         }
     }
 
@@ -199,21 +232,14 @@ impl Linear {
     /// the packed weight dequantized when the parameter is a placeholder.
     pub(crate) fn dense_weight(&self) -> Tensor<2> {
         match &self.packing {
-            Some(p) if !p.dense => {
-                let [k, n] = self.weight.shape().dims();
-                let values = p.weight.dequantize_transposed();
-                Tensor::<2>::from_data(TensorData::new(values, [k, n]), &self.weight.val().device())
-            }
+            Some(p) if !p.dense => p.values_like(&self.weight, true),
             _ => self.weight.val(),
         }
     }
 
     /// The packed weight when the parameter is a placeholder (the kernel's input).
     pub(crate) fn packed_for_kernel(&self) -> Option<&PackedWeight> {
-        self.packing
-            .as_ref()
-            .filter(|p| !p.dense)
-            .map(|p| p.weight.as_ref())
+        Packing::kernel_input(&self.packing)
     }
 }
 
@@ -345,34 +371,15 @@ impl Embedding {
     pub fn set_packed(&mut self, packed: Arc<PackedWeight>) -> Result<(), LayerError> {
         let [rows, width] = self.weight.shape().dims();
         check_packed_shape("Embedding", &packed, rows, width)?;
-        let device = self.weight.val().device();
-        let dense = !runs_packed(&device);
-        let weight = if dense {
-            Tensor::<2>::from_data(TensorData::new(packed.dequantize(), [rows, width]), &device)
-        } else {
-            placeholder([rows, width], &device)
-        };
-        self.weight = Param::initialized(self.weight.id, weight);
-        self.packing = Some(Packing {
-            weight: packed,
-            dense,
-        });
+        self.packing = Some(Packing::install(&mut self.weight, packed, false));
         Ok(())
     }
 
     /// Turns a packed table back into a float one: `weight` holds the dequantized values (the
     /// parameter keeps its id) and the packed form is dropped. No effect on a float table.
     pub fn unpack(&mut self) {
-        if let Some(packing) = self.packing.take()
-            && !packing.dense
-        {
-            let shape = self.weight.shape().dims::<2>();
-            let device = self.weight.val().device();
-            let weight = Tensor::<2>::from_data(
-                TensorData::new(packing.weight.dequantize(), shape),
-                &device,
-            );
-            self.weight = Param::initialized(self.weight.id, weight);
+        if let Some(packing) = self.packing.take() {
+            packing.uninstall(&mut self.weight, false);
         }
     }
 
@@ -380,22 +387,13 @@ impl Embedding {
     /// is a placeholder.
     pub fn dense_weight(&self) -> Tensor<2> {
         match &self.packing {
-            Some(p) if !p.dense => {
-                let shape = self.weight.shape().dims::<2>();
-                Tensor::<2>::from_data(
-                    TensorData::new(p.weight.dequantize(), shape),
-                    &self.weight.val().device(),
-                )
-            }
+            Some(p) if !p.dense => p.values_like(&self.weight, false),
             _ => self.weight.val(),
         }
     }
 
     fn packed_for_kernel(&self) -> Option<&PackedWeight> {
-        self.packing
-            .as_ref()
-            .filter(|p| !p.dense)
-            .map(|p| p.weight.as_ref())
+        Packing::kernel_input(&self.packing)
     }
 }
 
@@ -594,22 +592,11 @@ fn runs_packed(device: &Device) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use crate::test_values::pseudo_random;
     use burn::tensor::{Int, Tensor, TensorData};
     use lmforge_device::testing::test_devices;
 
     use super::*;
-
-    fn pseudo_random(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
 
     fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
         t.into_data().try_to_vec::<f32>().unwrap()

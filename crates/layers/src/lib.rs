@@ -46,6 +46,8 @@ pub mod position;
 pub mod quant;
 pub mod rnn;
 mod rows;
+#[cfg(test)]
+mod test_values;
 pub mod transformer;
 
 pub use dense::{

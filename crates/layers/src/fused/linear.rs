@@ -301,6 +301,11 @@ fn few_rows_transposed(x: &[f32], (m, k, n): (usize, usize, usize), w: Half<'_>)
             }
         },
     );
+    rows_from_columns(yt, m, n)
+}
+
+/// `[m, n]` row-major from the same values computed as `[n, m]` (no copy for one row).
+pub(crate) fn rows_from_columns(yt: Vec<f32>, m: usize, n: usize) -> Vec<f32> {
     if m == 1 {
         return yt;
     }
@@ -355,23 +360,11 @@ fn many_rows(
 
 #[cfg(test)]
 mod tests {
+    use crate::test_values::pseudo_random;
     use burn::tensor::{DType, Device, Tensor, TensorData};
 
     use super::linear_product;
     use crate::fused::test_support::{FLEX_REQUIRED, flex_device, values};
-
-    /// Deterministic values in [-1, 1).
-    fn pseudo_random(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
 
     /// The kernel's products against `x W (+ b)` computed in f64 from the widened weight:
     /// every path (few rows, transposed, many rows by blocks), odd widths, with and without

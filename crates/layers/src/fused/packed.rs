@@ -15,7 +15,7 @@ use burn::tensor::{DType, Tensor};
 use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
-use super::linear::dot;
+use super::linear::{dot, rows_from_columns};
 use super::math::simd_dispatch_512;
 use super::{contiguous, flex_tensor, matmul, slice};
 use crate::quant::{PackedWeight, QuantScheme, widen_i4};
@@ -185,16 +185,7 @@ fn few_rows(x: &[f32], m: usize, w: &PackedWeight) -> Vec<f32> {
                 }
             },
         );
-    if m == 1 {
-        return yt;
-    }
-    let mut y = vec![0f32; m * n];
-    for j in 0..n {
-        for r in 0..m {
-            y[r * n + j] = yt[j * m + r];
-        }
-    }
-    y
+    rows_from_columns(yt, m, n)
 }
 
 /// Many rows: `BLOCK` channels at a time, widened to `f32` and multiplied with `gemm`.
@@ -236,23 +227,12 @@ pub(crate) fn gather_rows(w: &PackedWeight, ids: &[usize]) -> Vec<f32> {
 
 #[cfg(test)]
 mod tests {
+    use crate::test_values::pseudo_random;
     use burn::tensor::{Tensor, TensorData};
 
     use super::packed_product;
     use crate::fused::test_support::{FLEX_REQUIRED, flex_device, values};
     use crate::quant::{PackedWeight, QuantScheme};
-
-    fn pseudo_random(len: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..len)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 23) as f32 - 1.0
-            })
-            .collect()
-    }
 
     /// The kernel against `x Wᵀ (+ b)` in f64 from the dequantized weight: one row, a few
     /// rows, many rows; widths that are and are not multiples of 32; int8, int4 in blocks of
