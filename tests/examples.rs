@@ -270,12 +270,7 @@ fn generate_example_chat_prompt_equals_huggingface() {
             example["prompt"].as_str().unwrap(),
         ])
         .unwrap();
-        let want: Vec<u32> = example["ids"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let want = json_ids(&example["ids"]);
         assert_eq!(
             generate::prompt_ids(&dir, &a, Some(&tokenizer)).unwrap(),
             want,
@@ -293,6 +288,15 @@ fn generate_example_chat_prompt_equals_huggingface() {
             want
         );
     }
+}
+
+/// A JSON array of token ids.
+fn json_ids(ids: &serde_json::Value) -> Vec<u32> {
+    ids.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap() as u32)
+        .collect()
 }
 
 /// `generate --model DIR` alone runs on every decoder fixture folder (GPT-2, Llama, Mistral,
@@ -313,12 +317,7 @@ fn generate_example_runs_on_every_decoder_fixture_folder() {
         let a: generate::Args = args(&format!("--model {}", dir.display()));
         let tokenizer =
             lmforge::data::tokenizer::HfTokenizer::from_file(dir.join("tokenizer.json")).unwrap();
-        let want: Vec<u32> = want
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_u64().unwrap() as u32)
-            .collect();
+        let want = json_ids(want);
         assert_eq!(
             generate::prompt_ids(&dir, &a, Some(&tokenizer)).unwrap(),
             want,
