@@ -17,12 +17,13 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = ["gpt-train", "lstm-train", "bert-mlm-train", "gpt-generate", "llama-generate",
          "llama-generate-bf16", "llama-generate-int8", "llama-generate-int4", "gpt-generate-f32",
-         "gpt-generate-int8", "gpt-generate-int4", "minilm-forward", "matmul"]
+         "gpt-generate-int8", "gpt-generate-int4", "minilm-forward", "matmul", "matmul-train"]
 # Cases whose PyTorch twin is another case: PyTorch has no packed int4 CPU path in
 # torch.ao, so int4 decoding is compared with PyTorch's dynamic int8 model.
 TWINS = {"gpt-generate-int4": "gpt-generate-int8", "llama-generate-int4": "llama-generate-int8"}
@@ -79,9 +80,25 @@ def compare(args, case, seq=None, width=None):
             "lmforge_weights_rss_mib": median_or_none(m.get("weights_rss_mib") for m in ours),
             "pytorch_weights_rss_mib": median_or_none(m.get("weights_rss_mib") for m in theirs),
             "cpu_peak_gflops": first.get("cpu_peak_gflops"),
+            # Other candidates lmforge-bench timed in alternation (matmul-train: the gemm crate).
+            "lmforge_gemm_crate": median_or_none(m["config"].get("gemm_crate_gflops")
+                                                 for m in ours),
             "threads": args.threads,
         })
     return rows
+
+
+def cpu_features():
+    """The vector extensions lmforge's kernels can use on this CPU, from /proc/cpuinfo."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f
+                          if line.startswith("flags")), [])
+    except OSError:
+        return "unknown"
+    found = [name for flag, name in (("avx512f", "AVX-512F"), ("avx512bw", "AVX-512BW"),
+                                     ("avx2", "AVX2"), ("fma", "FMA")) if flag in flags]
+    return " + ".join(found) if found else "none of AVX2/FMA/AVX-512"
 
 
 def median_or_none(values):
@@ -94,6 +111,8 @@ def mib(value):
 
 
 def sizes(row):
+    if "shape" in row["config"]:
+        return row["config"]["shape"]
     keep = ("seq", "width", "hidden", "n", "weights")
     return ", ".join(f"{k} {v}" for k, v in row["config"].items() if k in keep)
 
@@ -112,8 +131,9 @@ def main():
                         help="gpt-train and lstm-train at sequence 64/128/256 and width "
                              "128/256/512 instead of the standard cases")
     parser.add_argument("--json", type=Path,
-                        help="also write the raw measurement of every run (kind \"run\") and "
-                             "the table's rows (kind \"row\") to this file, as JSON lines")
+                        help="where to write the raw measurement of every run (kind \"run\") "
+                             "and the table's rows (kind \"row\") as JSON lines; the table "
+                             "goes beside it (.md). Default: docs/results/compare-<time>.jsonl")
     args = parser.parse_args()
     args.raw = []
     if not args.bench.exists():
@@ -126,25 +146,39 @@ def main():
         cases = CASES if args.case == "all" else [args.case]
         plan = [(case, args.seq, args.width) for case in cases]
 
-    print("| case | sizes | lmforge | PyTorch | ratio | peak MiB (lmforge / PyTorch) "
-          "| weights MiB (lmforge / PyTorch) |")
-    print("|---|---|---:|---:|---:|---|---|")
+    if args.json is None:
+        stamp = time.strftime("%Y-%m-%d-%H%M")
+        args.json = ROOT / "docs/results" / f"compare-{stamp}.jsonl"
+    table = []
+
+    def emit(line=""):
+        print(line, flush=True)
+        table.append(line)
+
+    emit(f"`python benches/compare.py {' '.join(sys.argv[1:])}`, {time.strftime('%Y-%m-%d %H:%M')}, "
+         f"{args.threads} threads, CPU features: {cpu_features()}")
+    emit()
+    emit("| case | sizes | lmforge | PyTorch | ratio | peak MiB (lmforge / PyTorch) "
+         "| weights MiB (lmforge / PyTorch) | gemm crate |")
+    emit("|---|---|---:|---:|---:|---|---|---:|")
     rows = []
     for case, seq, width in plan:
         for row in compare(args, case, seq, width):
             rows.append(row)
-            print(f"| {row['case']} | {sizes(row)} | {row['lmforge']:.0f} | {row['pytorch']:.0f} "
-                  f"{row['unit']} | {row['ratio']:.2f} | {row['lmforge_peak_rss_mib']:.0f} / "
-                  f"{row['pytorch_peak_rss_mib']:.0f} | {mib(row['lmforge_weights_rss_mib'])} / "
-                  f"{mib(row['pytorch_weights_rss_mib'])} |", flush=True)
+            emit(f"| {row['case']} | {sizes(row)} | {row['lmforge']:.0f} | {row['pytorch']:.0f} "
+                 f"{row['unit']} | {row['ratio']:.2f} | {row['lmforge_peak_rss_mib']:.0f} / "
+                 f"{row['pytorch_peak_rss_mib']:.0f} | {mib(row['lmforge_weights_rss_mib'])} / "
+                 f"{mib(row['pytorch_weights_rss_mib'])} | {mib(row['lmforge_gemm_crate'])} |")
     if any(r["cpu_peak_gflops"] for r in rows):
         peak = next(r["cpu_peak_gflops"] for r in rows if r["cpu_peak_gflops"])
-        print(f"\nCPU peak estimate at {args.threads} threads: {peak:.0f} GFLOP/s "
-              "(nominal clock x 32 FLOP/cycle, AVX2 + FMA)")
-    if args.json:
-        lines = args.raw + [dict(r, kind="row") for r in rows]
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+        emit()
+        emit(f"CPU peak estimate at {args.threads} threads: {peak:.0f} GFLOP/s (nominal clock x "
+             "FLOP/cycle of the widest FMA the CPU has)")
+    lines = args.raw + [dict(r, kind="row") for r in rows]
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text("\n".join(json.dumps(r) for r in lines) + "\n")
+    args.json.with_suffix(".md").write_text("\n".join(table) + "\n")
+    print(f"\nraw runs: {args.json}; table: {args.json.with_suffix('.md')}")
 
 
 if __name__ == "__main__":

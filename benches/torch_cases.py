@@ -20,7 +20,7 @@ from transformers import BertConfig, BertForMaskedLM, BertModel, GPT2Config, GPT
 
 CASES = ["gpt-train", "lstm-train", "bert-mlm-train", "gpt-generate", "llama-generate",
          "llama-generate-bf16", "llama-generate-int8", "gpt-generate-f32", "gpt-generate-int8",
-         "minilm-forward", "matmul"]
+         "minilm-forward", "matmul", "matmul-train"]
 
 
 def reset_peak_rss():
@@ -325,6 +325,44 @@ def matmul(args):
     return out
 
 
+# The products of the training cases: (name, m, k, n, a transposed, b transposed), as in
+# lmforge-bench's TRAINING_PRODUCTS.
+TRAINING_PRODUCTS = [
+    ("qkv", 2048, 256, 768, False, False),
+    ("ffn-up", 2048, 256, 1024, False, False),
+    ("ffn-down", 2048, 1024, 256, False, False),
+    ("ffn-up-dx", 2048, 1024, 256, False, True),
+    ("ffn-up-dw", 256, 2048, 1024, True, False),
+    ("gpt-head", 2048, 256, 96, False, True),
+    ("bert-head", 2048, 256, 1000, False, True),
+    ("minilm-ffn-up", 1024, 384, 1536, False, False),
+]
+
+
+def matmul_train(args):
+    out = []
+    layouts = {(False, False): "a b", (True, False): "aT b", (False, True): "a bT",
+               (True, True): "aT bT"}
+    for name, m, k, n, a_t, b_t in TRAINING_PRODUCTS:
+        # A transposed operand is stored transposed and read through a transposed view.
+        a = (torch.rand(k, m) * 2 - 1).t() if a_t else torch.rand(m, k) * 2 - 1
+        b = (torch.rand(n, k) * 2 - 1).t() if b_t else torch.rand(k, n) * 2 - 1
+        c = torch.empty(m, n)
+        flop = 2 * m * n * k
+        inner = max(1, min(64, (1 << 30) // flop))
+
+        def run():
+            for _ in range(inner):
+                torch.mm(a, b, out=c)
+
+        low, median = timed(args, run)
+        config = {"shape": f"{m}x{k}x{n} {layouts[(a_t, b_t)]}", "m": m, "k": k, "n": n}
+        mm = measurement(args, f"matmul-train-{name}", (low / inner, median / inner), 0, config)
+        mm["gflops"] = flop / (median / inner) / 1e9
+        out.append(mm)
+    return out
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--case", default="all")
@@ -343,7 +381,8 @@ def main():
                  "llama-generate-int8": lambda a: llama_generate(a, "int8"),
                  "gpt-generate-f32": gpt2_generate,
                  "gpt-generate-int8": lambda a: gpt2_generate(a, "int8"),
-                 "minilm-forward": minilm_forward, "matmul": matmul}
+                 "minilm-forward": minilm_forward, "matmul": matmul,
+                 "matmul-train": matmul_train}
     for case in CASES if args.case == "all" else [args.case]:
         if case not in functions:
             raise SystemExit(f"unknown case `{case}`; the cases are {', '.join(CASES)}")

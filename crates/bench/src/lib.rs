@@ -66,7 +66,7 @@ use serde::Serialize;
 use serde_json::json;
 
 /// The benchmark cases, in the order `all` runs them.
-pub const CASES: [&str; 13] = [
+pub const CASES: [&str; 14] = [
     "gpt-train",
     "lstm-train",
     "bert-mlm-train",
@@ -80,6 +80,7 @@ pub const CASES: [&str; 13] = [
     "gpt-generate-int4",
     "minilm-forward",
     "matmul",
+    "matmul-train",
 ];
 
 /// How a case is run: repetitions and optional size overrides (for the sweeps).
@@ -187,6 +188,7 @@ pub fn run(case: &str, device: &Device, options: &Options) -> Result<Vec<Measure
         "gpt-generate-int4" => vec![gpt2_generate(device, options, Some(QuantScheme::int4()))?],
         "minilm-forward" => vec![minilm_forward(device, options)?],
         "matmul" => matmul(device, options)?,
+        "matmul-train" => matmul_train(options)?,
         other => bail!("unknown case `{other}`; the cases are {}", CASES.join(", ")),
     };
     let peak = peak_rss_mib();
@@ -616,6 +618,130 @@ fn matmul(device: &Device, options: &Options) -> Result<Vec<Measurement>> {
         out.push(m);
     }
     Ok(out)
+}
+
+/// The products of the training cases, `(name, m, k, n, a transposed, b transposed)`: forward
+/// projections of the GPT/BERT/LSTM cases (2048 rows = batch 16 x 128 tokens), the two
+/// gradients of the feed-forward layer, the tied output layers and MiniLM's feed-forward layer.
+const TRAINING_PRODUCTS: [(&str, usize, usize, usize, bool, bool); 8] = [
+    ("qkv", 2048, 256, 768, false, false),
+    ("ffn-up", 2048, 256, 1024, false, false),
+    ("ffn-down", 2048, 1024, 256, false, false),
+    ("ffn-up-dx", 2048, 1024, 256, false, true),
+    ("ffn-up-dw", 256, 2048, 1024, true, false),
+    ("gpt-head", 2048, 256, 96, false, true),
+    ("bert-head", 2048, 256, 1000, false, true),
+    ("minilm-ffn-up", 1024, 384, 1536, false, false),
+];
+
+/// The matrix products of the training cases through lmforge's kernel (`matmul_f32`, what its
+/// layers run on flex), with the `gemm` crate (what burn's flex calls) timed in alternation on
+/// the same buffers and reported in `config.gemm_crate_gflops`.
+#[cfg(feature = "flex")]
+fn matmul_train(options: &Options) -> Result<Vec<Measurement>> {
+    let mut out = Vec::new();
+    for (name, m, k, n, a_t, b_t) in TRAINING_PRODUCTS {
+        let (m, k, n) = if options.tiny {
+            (m / 64, k / 16, n / 16)
+        } else {
+            (m, k, n)
+        };
+        let values = |len: usize, seed: u64| {
+            let mut rng = StdRng::seed_from_u64(seed);
+            (0..len)
+                .map(|_| rng.random_range(-1.0f32..1.0))
+                .collect::<Vec<f32>>()
+        };
+        let (a, b) = (values(m * k, 6), values(k * n, 7));
+        let mut c = vec![0.0f32; m * n];
+        // (row stride, column stride) of each operand, stored transposed when asked.
+        let a_strides = if a_t { (1, m) } else { (k, 1) };
+        let b_strides = if b_t { (1, k) } else { (n, 1) };
+        let ours = |c: &mut [f32]| {
+            lmforge::layers::matmul_f32((m, n, k), c, (n, 1), false, &a, a_strides, &b, b_strides)
+        };
+        let crate_gemm = |c: &mut [f32]| {
+            // SAFETY: the three buffers hold exactly the views described by the strides.
+            unsafe {
+                gemm::gemm(
+                    m,
+                    n,
+                    k,
+                    c.as_mut_ptr(),
+                    1,
+                    n as isize,
+                    false,
+                    a.as_ptr(),
+                    a_strides.1 as isize,
+                    a_strides.0 as isize,
+                    b.as_ptr(),
+                    b_strides.1 as isize,
+                    b_strides.0 as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    gemm::Parallelism::Rayon(0),
+                )
+            }
+        };
+        let flop = 2.0 * (m * n * k) as f64;
+        let inner = ((1u64 << 30) as f64 / flop).clamp(1.0, 64.0) as usize;
+        let mut timed = |f: &dyn Fn(&mut [f32])| {
+            let start = Instant::now();
+            for _ in 0..inner {
+                f(&mut c);
+            }
+            start.elapsed().as_secs_f64() / inner as f64
+        };
+        for _ in 0..options.warmup {
+            timed(&ours);
+            timed(&crate_gemm);
+        }
+        let (mut t_ours, mut t_crate) = (Vec::new(), Vec::new());
+        for round in 0..options.repeats.max(1) {
+            // Alternate which candidate goes first.
+            if round % 2 == 0 {
+                t_ours.push(timed(&ours));
+                t_crate.push(timed(&crate_gemm));
+            } else {
+                t_crate.push(timed(&crate_gemm));
+                t_ours.push(timed(&ours));
+            }
+        }
+        t_ours.sort_by(f64::total_cmp);
+        t_crate.sort_by(f64::total_cmp);
+        let median = |t: &[f64]| t[t.len() / 2];
+        let timing = Timing {
+            min: t_ours[0],
+            median: median(&t_ours),
+        };
+        let layout = match (a_t, b_t) {
+            (false, false) => "a b",
+            (true, false) => "aT b",
+            (false, true) => "a bT",
+            (true, true) => "aT bT",
+        };
+        let config = json!({"shape": format!("{m}x{k}x{n} {layout}"), "m": m, "k": k, "n": n,
+                            "gemm_crate_gflops": flop / median(&t_crate) / 1e9});
+        let mut line = timing.measurement(
+            &format!("matmul-train-{name}"),
+            &Device::default(),
+            0,
+            config,
+        );
+        line.device = "cpu (f32 slices)".to_string();
+        line.tokens_per_s = None;
+        line.gflops = Some(flop / timing.median / 1e9);
+        out.push(line);
+    }
+    Ok(out)
+}
+
+#[cfg(not(feature = "flex"))]
+fn matmul_train(_: &Options) -> Result<Vec<Measurement>> {
+    bail!("the matmul-train case measures lmforge's flex kernel: build with the `flex` feature")
 }
 
 /// Resets the kernel's peak-resident-memory mark of this process (Linux; elsewhere a no-op).

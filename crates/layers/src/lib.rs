@@ -55,5 +55,7 @@ pub use dense::{
     normal_linear,
 };
 pub use error::LayerError;
+#[cfg(feature = "flex")]
+pub use fused::gemm::matmul_f32;
 
 pub use rows::{linear_rows, on_compute_threads, project_rows};

@@ -42,7 +42,12 @@ pub fn linear_rows<const D: usize>(linear: &Linear, x: Tensor<D>) -> Tensor<D> {
         // streams with both cores.
         return project_rows(x, &weight, bias.as_ref(), false);
     }
-    let y = burn::tensor::module::linear(x.reshape([rows, d_input]), weight, bias);
+    let x = x.reshape([rows, d_input]);
+    #[cfg(feature = "flex")]
+    let y = crate::fused::affine::affine(&x, &weight, bias.as_ref(), false)
+        .unwrap_or_else(|| burn::tensor::module::linear(x, weight, bias));
+    #[cfg(not(feature = "flex"))]
+    let y = burn::tensor::module::linear(x, weight, bias);
     let mut out = dims;
     out[D - 1] = y.dims()[1];
     y.reshape(out)
@@ -134,6 +139,10 @@ pub fn project_rows<const D: usize>(
     out[D - 1] = d_output;
     #[cfg(feature = "flex")]
     if let Some(y) = crate::fused::linear::linear_product(&x, weight, bias, transposed) {
+        return y.reshape(out);
+    }
+    #[cfg(feature = "flex")]
+    if let Some(y) = crate::fused::affine::affine(&x, weight, bias, transposed) {
         return y.reshape(out);
     }
     let dtype = x.dtype();

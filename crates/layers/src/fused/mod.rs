@@ -10,7 +10,9 @@
 //! the two paths value for value and gradient for gradient.
 
 pub(crate) mod activation;
+pub(crate) mod affine;
 pub(crate) mod attention;
+pub(crate) mod gemm;
 pub(crate) mod layer_norm;
 pub(crate) mod linear;
 pub(crate) mod math;
@@ -78,34 +80,60 @@ pub(crate) fn matmul(
         rhs.len() >= last(k, rhs_rs, n, rhs_cs),
         "fused matmul: rhs view out of bounds"
     );
-    let parallelism = if parallel {
-        gemm::Parallelism::Rayon(0)
-    } else {
-        gemm::Parallelism::None
-    };
+    if !own_matmul() {
+        let parallelism = if parallel {
+            ::gemm::Parallelism::Rayon(0)
+        } else {
+            ::gemm::Parallelism::None
+        };
+        // SAFETY: the three views were bounds-checked above; `dst` is borrowed mutably, so it
+        // aliases neither input.
+        unsafe {
+            ::gemm::gemm(
+                m,
+                n,
+                k,
+                dst.as_mut_ptr(),
+                dst_cs as isize,
+                dst_rs as isize,
+                read_dst,
+                lhs.as_ptr(),
+                lhs_cs as isize,
+                lhs_rs as isize,
+                rhs.as_ptr(),
+                rhs_cs as isize,
+                rhs_rs as isize,
+                1.0f32,
+                1.0f32,
+                false,
+                false,
+                false,
+                parallelism,
+            );
+        }
+        return;
+    }
     // SAFETY: the three views were bounds-checked above; `dst` is borrowed mutably, so it
     // aliases neither input.
     unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            dst.as_mut_ptr(),
-            dst_cs as isize,
-            dst_rs as isize,
+        gemm::sgemm(
+            (m, n, k),
+            dst,
+            (dst_rs, dst_cs),
             read_dst,
-            lhs.as_ptr(),
-            lhs_cs as isize,
-            lhs_rs as isize,
-            rhs.as_ptr(),
-            rhs_cs as isize,
-            rhs_rs as isize,
-            1.0f32,
-            1.0f32,
-            false,
-            false,
-            false,
-            parallelism,
+            lhs,
+            (lhs_rs, lhs_cs),
+            rhs,
+            (rhs_rs, rhs_cs),
+            parallel,
         );
     }
+}
+
+/// Whether lmforge's own matrix product runs ([`gemm`]): yes, unless the environment variable
+/// `LMFORGE_MATMUL=gemm-crate` asks for the previous path (the `gemm` crate in the fused
+/// kernels, burn's composed ops for the linear layers), for side-by-side measurements.
+pub(crate) fn own_matmul() -> bool {
+    static OWN: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OWN.get_or_init(|| std::env::var("LMFORGE_MATMUL").as_deref() != Ok("gemm-crate"))
 }
