@@ -30,7 +30,8 @@ TWINS = {"gpt-generate-int4": "gpt-generate-int8", "llama-generate-int4": "llama
 
 
 def run(command, threads):
-    env = dict(os.environ, RAYON_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    env = dict(os.environ, RAYON_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads),
+               OPENBLAS_NUM_THREADS=str(threads))
     out = subprocess.run(command, env=env, check=True, capture_output=True, text=True).stdout
     return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
 
@@ -83,6 +84,7 @@ def compare(args, case, seq=None, width=None):
             # Other candidates lmforge-bench timed in alternation (matmul-train: the gemm crate).
             "lmforge_gemm_crate": median_or_none(m["config"].get("gemm_crate_gflops")
                                                  for m in ours),
+            "lmforge_openblas": median_or_none(m["config"].get("openblas_gflops") for m in ours),
             "threads": args.threads,
         })
     return rows
@@ -159,8 +161,8 @@ def main():
          f"{args.threads} threads, CPU features: {cpu_features()}")
     emit()
     emit("| case | sizes | lmforge | PyTorch | ratio | peak MiB (lmforge / PyTorch) "
-         "| weights MiB (lmforge / PyTorch) | gemm crate |")
-    emit("|---|---|---:|---:|---:|---|---|---:|")
+         "| weights MiB (lmforge / PyTorch) | gemm crate | OpenBLAS |")
+    emit("|---|---|---:|---:|---:|---|---|---:|---:|")
     rows = []
     for case, seq, width in plan:
         for row in compare(args, case, seq, width):
@@ -168,7 +170,8 @@ def main():
             emit(f"| {row['case']} | {sizes(row)} | {row['lmforge']:.0f} | {row['pytorch']:.0f} "
                  f"{row['unit']} | {row['ratio']:.2f} | {row['lmforge_peak_rss_mib']:.0f} / "
                  f"{row['pytorch_peak_rss_mib']:.0f} | {mib(row['lmforge_weights_rss_mib'])} / "
-                 f"{mib(row['pytorch_weights_rss_mib'])} | {mib(row['lmforge_gemm_crate'])} |")
+                 f"{mib(row['pytorch_weights_rss_mib'])} | {mib(row['lmforge_gemm_crate'])} "
+                 f"| {mib(row['lmforge_openblas'])} |")
     if any(r["cpu_peak_gflops"] for r in rows):
         peak = next(r["cpu_peak_gflops"] for r in rows if r["cpu_peak_gflops"])
         emit()

@@ -620,6 +620,11 @@ fn matmul(device: &Device, options: &Options) -> Result<Vec<Measurement>> {
     Ok(out)
 }
 
+// `cblas-sys` declares the functions; the `openblas` feature links the system library.
+#[cfg(feature = "openblas")]
+#[link(name = "openblas")]
+unsafe extern "C" {}
+
 /// The products of the training cases, `(name, m, k, n, a transposed, b transposed)`: forward
 /// projections of the GPT/BERT/LSTM cases (2048 rows = batch 16 x 128 tokens), the two
 /// gradients of the feed-forward layer, the tied output layers and MiniLM's feed-forward layer.
@@ -636,7 +641,8 @@ const TRAINING_PRODUCTS: [(&str, usize, usize, usize, bool, bool); 8] = [
 
 /// The matrix products of the training cases through lmforge's kernel (`matmul_f32`, what its
 /// layers run on flex), with the `gemm` crate (what burn's flex calls) timed in alternation on
-/// the same buffers and reported in `config.gemm_crate_gflops`.
+/// the same buffers and reported in `config.gemm_crate_gflops` (with the `openblas` feature,
+/// OpenBLAS too: `config.openblas_gflops`).
 #[cfg(feature = "flex")]
 fn matmul_train(options: &Options) -> Result<Vec<Measurement>> {
     let mut out = Vec::new();
@@ -686,6 +692,38 @@ fn matmul_train(options: &Options) -> Result<Vec<Measurement>> {
                 )
             }
         };
+        #[cfg(feature = "openblas")]
+        let openblas = |c: &mut [f32]| {
+            use cblas_sys::{CBLAS_LAYOUT, CBLAS_TRANSPOSE, cblas_sgemm};
+            let trans = |t: bool| {
+                if t {
+                    CBLAS_TRANSPOSE::CblasTrans
+                } else {
+                    CBLAS_TRANSPOSE::CblasNoTrans
+                }
+            };
+            let (lda, ldb) = (a_strides.0.max(a_strides.1), b_strides.0.max(b_strides.1));
+            // SAFETY: the buffers hold exactly the matrices the sizes and leading dimensions
+            // describe.
+            unsafe {
+                cblas_sgemm(
+                    CBLAS_LAYOUT::CblasRowMajor,
+                    trans(a_t),
+                    trans(b_t),
+                    m as i32,
+                    n as i32,
+                    k as i32,
+                    1.0,
+                    a.as_ptr(),
+                    lda as i32,
+                    b.as_ptr(),
+                    ldb as i32,
+                    0.0,
+                    c.as_mut_ptr(),
+                    n as i32,
+                )
+            }
+        };
         let flop = 2.0 * (m * n * k) as f64;
         let inner = ((1u64 << 30) as f64 / flop).clamp(1.0, 64.0) as usize;
         let mut timed = |f: &dyn Fn(&mut [f32])| {
@@ -700,6 +738,8 @@ fn matmul_train(options: &Options) -> Result<Vec<Measurement>> {
             timed(&crate_gemm);
         }
         let (mut t_ours, mut t_crate) = (Vec::new(), Vec::new());
+        #[cfg(feature = "openblas")]
+        let mut t_blas = Vec::new();
         for round in 0..options.repeats.max(1) {
             // Alternate which candidate goes first.
             if round % 2 == 0 {
@@ -709,6 +749,8 @@ fn matmul_train(options: &Options) -> Result<Vec<Measurement>> {
                 t_crate.push(timed(&crate_gemm));
                 t_ours.push(timed(&ours));
             }
+            #[cfg(feature = "openblas")]
+            t_blas.push(timed(&openblas));
         }
         t_ours.sort_by(f64::total_cmp);
         t_crate.sort_by(f64::total_cmp);
@@ -723,8 +765,14 @@ fn matmul_train(options: &Options) -> Result<Vec<Measurement>> {
             (false, true) => "a bT",
             (true, true) => "aT bT",
         };
-        let config = json!({"shape": format!("{m}x{k}x{n} {layout}"), "m": m, "k": k, "n": n,
+        #[allow(unused_mut)]
+        let mut config = json!({"shape": format!("{m}x{k}x{n} {layout}"), "m": m, "k": k, "n": n,
                             "gemm_crate_gflops": flop / median(&t_crate) / 1e9});
+        #[cfg(feature = "openblas")]
+        {
+            t_blas.sort_by(f64::total_cmp);
+            config["openblas_gflops"] = json!(flop / median(&t_blas) / 1e9);
+        }
         let mut line = timing.measurement(
             &format!("matmul-train-{name}"),
             &Device::default(),
