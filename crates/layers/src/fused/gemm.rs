@@ -259,7 +259,7 @@ pub(crate) unsafe fn sgemm(
                             // (a column-major `A` read in place would touch a new page per step).
                             let in_place = a.cs == 1;
                             if in_place {
-                                if rows % MR != 0 {
+                                if !rows.is_multiple_of(MR) {
                                     let q = rows / MR;
                                     pack_a(
                                         a,
