@@ -582,6 +582,12 @@ fn minilm_forward(device: &Device, options: &Options) -> Result<Measurement> {
     Ok(timing.measurement("minilm-forward", device, batch * seq, json))
 }
 
+/// `len` values drawn uniformly from `[-1, 1)` with `seed` (the matmul cases' operands).
+fn uniform(len: usize, seed: u64) -> Vec<f32> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..len).map(|_| rng.random_range(-1.0f32..1.0)).collect()
+}
+
 fn matmul(device: &Device, options: &Options) -> Result<Vec<Measurement>> {
     let sizes: &[usize] = if options.tiny {
         &[16, 32]
@@ -590,14 +596,8 @@ fn matmul(device: &Device, options: &Options) -> Result<Vec<Measurement>> {
     };
     let mut out = Vec::new();
     for &n in sizes {
-        let values = |seed: u64| {
-            let mut rng = StdRng::seed_from_u64(seed);
-            (0..n * n)
-                .map(|_| rng.random_range(-1.0f32..1.0))
-                .collect::<Vec<f32>>()
-        };
-        let a = Tensor::<2>::from_data(TensorData::new(values(6), [n, n]), device);
-        let b = Tensor::<2>::from_data(TensorData::new(values(7), [n, n]), device);
+        let a = Tensor::<2>::from_data(TensorData::new(uniform(n * n, 6), [n, n]), device);
+        let b = Tensor::<2>::from_data(TensorData::new(uniform(n * n, 7), [n, n]), device);
         // Small products are timed several at a time so the clock's resolution does not matter.
         let inner = (1 << 30) / (n * n * n).max(1);
         let inner = inner.clamp(1, 64);
@@ -652,13 +652,7 @@ fn matmul_train(options: &Options) -> Result<Vec<Measurement>> {
         } else {
             (m, k, n)
         };
-        let values = |len: usize, seed: u64| {
-            let mut rng = StdRng::seed_from_u64(seed);
-            (0..len)
-                .map(|_| rng.random_range(-1.0f32..1.0))
-                .collect::<Vec<f32>>()
-        };
-        let (a, b) = (values(m * k, 6), values(k * n, 7));
+        let (a, b) = (uniform(m * k, 6), uniform(k * n, 7));
         let mut c = vec![0.0f32; m * n];
         // (row stride, column stride) of each operand, stored transposed when asked.
         let a_strides = if a_t { (1, m) } else { (k, 1) };

@@ -7,13 +7,13 @@
 //! strided views, never copies.
 
 use burn::tensor::{DType, Tensor};
-use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
 use burn_autodiff::checkpoint::strategy::{
     BalancedCheckpointing, CheckpointStrategy, NoCheckpointing,
 };
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
+use burn_autodiff::{Autodiff, NodeId};
 use burn_dispatch::DispatchKindConversion;
 use burn_flex::{Flex, FlexTensor};
 use burn_tensor::DispatchTensor;
@@ -139,35 +139,33 @@ where
     let (x_node, w_node) = (x.node(), w.node());
     let x = contiguous(x.into_primitive());
     let w = contiguous(w.into_primitive());
-    let out_shape = [shape.m, shape.n];
+    let b = b.map(|b| (b.node(), contiguous(b.into_primitive())));
+    let y = forward(
+        shape,
+        slice(&x),
+        slice(&w),
+        b.as_ref().map(|(_, b)| slice(b)),
+    );
+    let y = flex_tensor(y, [shape.m, shape.n]);
+    let state = AffineState { x, w, shape };
+    // One backward node with two or three parents (the bias, when there is one).
     let y = match b {
-        Some(b) => {
-            let b_node = b.node();
-            let b = contiguous(b.into_primitive());
-            let y = flex_tensor(
-                forward(shape, slice(&x), slice(&w), Some(slice(&b))),
-                out_shape,
-            );
-            match AffineBackward
-                .prepare::<C>([x_node, w_node, b_node])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish(AffineState { x, w, shape }, y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            }
-        }
-        None => {
-            let y = flex_tensor(forward(shape, slice(&x), slice(&w), None), out_shape);
-            match AffineBackward
-                .prepare::<C>([x_node, w_node])
-                .compute_bound()
-                .stateful()
-            {
-                OpsKind::Tracked(prep) => prep.finish(AffineState { x, w, shape }, y),
-                OpsKind::UnTracked(prep) => prep.finish(y),
-            }
-        }
+        Some((b_node, _)) => match AffineBackward
+            .prepare::<C>([x_node, w_node, b_node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        },
+        None => match AffineBackward
+            .prepare::<C>([x_node, w_node])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => prep.finish(state, y),
+            OpsKind::UnTracked(prep) => prep.finish(y),
+        },
     };
     Some(Tensor::from_primitive::<Autodiff<Flex, C>>(y))
 }
@@ -261,22 +259,33 @@ fn bias_gradient(shape: Shape, dy: &[f32]) -> FlexTensor {
     flex_tensor(db, [n])
 }
 
+/// Registers the gradients of the parents that are tracked (`[x, W, b]`).
+fn register(
+    state: &AffineState,
+    dy: FlexTensor,
+    [node_x, node_w, node_b]: [Option<NodeId>; 3],
+    grads: &mut Gradients,
+) {
+    let dy = contiguous(dy);
+    let dy = slice(&dy);
+    if let Some(id) = node_x {
+        grads.register::<Flex>(id, input_gradient(state, dy));
+    }
+    if let Some(id) = node_w {
+        grads.register::<Flex>(id, weight_gradient(state, dy));
+    }
+    if let Some(id) = node_b {
+        grads.register::<Flex>(id, bias_gradient(state.shape, dy));
+    }
+}
+
 impl Backward<Flex, 3> for AffineBackward {
     type State = AffineState;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dy = contiguous(grads.consume::<Flex>(&ops.node));
-        let [node_x, node_w, node_b] = ops.parents;
-        let dy = slice(&dy);
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, input_gradient(&ops.state, dy));
-        }
-        if let Some(node) = node_w {
-            grads.register::<Flex>(node.id, weight_gradient(&ops.state, dy));
-        }
-        if let Some(node) = node_b {
-            grads.register::<Flex>(node.id, bias_gradient(ops.state.shape, dy));
-        }
+        let dy = grads.consume::<Flex>(&ops.node);
+        let ids = ops.parents.map(|node| node.map(|node| node.id));
+        register(&ops.state, dy, ids, grads);
     }
 }
 
@@ -284,15 +293,9 @@ impl Backward<Flex, 2> for AffineBackward {
     type State = AffineState;
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dy = contiguous(grads.consume::<Flex>(&ops.node));
-        let [node_x, node_w] = ops.parents;
-        let dy = slice(&dy);
-        if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, input_gradient(&ops.state, dy));
-        }
-        if let Some(node) = node_w {
-            grads.register::<Flex>(node.id, weight_gradient(&ops.state, dy));
-        }
+        let dy = grads.consume::<Flex>(&ops.node);
+        let [x, w] = ops.parents.map(|node| node.map(|node| node.id));
+        register(&ops.state, dy, [x, w, None], grads);
     }
 }
 
