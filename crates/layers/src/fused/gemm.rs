@@ -1,31 +1,34 @@
 //! lmforge's single-precision matrix product: `C (+)= A B` on strided views, cache-blocked,
 //! with a register-tiled micro-kernel and both cores on one product.
 //!
-//! The layout follows the classic blocked scheme. For each block of `NC` columns of `B` and
-//! each slice of `KC` of the shared dimension, the slice of `B` is packed once into panels of
-//! `NR` columns (`[kc][NR]`, zero-padded), shared by every thread. The rows of `A` are cut into
-//! blocks of at most `MC_MAX` rows; each task packs its block into panels of `MR` rows
-//! (`[kc][MR]`, zero-padded) and runs the micro-kernel over every (row panel, column panel)
-//! pair: one `B` panel (16 KiB) stays in the first-level cache while the `A` block (up to
-//! 144 KiB) streams from the second. Tasks are (row block, column range) pairs, sized so both
-//! threads get the same share.
+//! The layout follows the classic blocked scheme. For each block of `NC` columns of `B`, the
+//! whole shared dimension of `B` is packed once into panels of `NR` columns (`[kc][NR]` per
+//! slice of `KC`, zero-padded), shared by every thread. The rows of `A` are cut into blocks of
+//! at most `MC_MAX` rows; each task walks its block over every (row panel, column panel) pair
+//! of each slice: one `B` panel stays in the first-level cache while the rows of `A` stream
+//! from the second. Row-major `A` is read in place; other layouts are packed into panels of
+//! `MR` rows (`[kc][MR]`). Tasks are (row block, column range) pairs, sized so both threads
+//! get the same share.
 //!
-//! The micro-kernel keeps a `6 x 16` tile of `C` in twelve 8-lane registers (AVX2 + FMA, chosen
-//! at run time); other CPUs, or `LMFORGE_KERNELS=portable`, run the same blocking with a portable
-//! tile that the compiler vectorises for the baseline target. Packing buffers are kept per
-//! thread and reused across calls, so a training step does not return them to the system.
+//! The micro-kernel is chosen at run time: a `12 x 32` tile of `C` in twenty-four 16-lane
+//! registers (AVX-512), a `6 x 16` tile in twelve 8-lane registers (AVX2 + FMA), or, on other
+//! CPUs or with `LMFORGE_KERNELS=portable`, the same blocking with a portable `6 x 16` tile
+//! that the compiler vectorises for the baseline target (`LMFORGE_KERNELS=avx2` caps it at
+//! AVX2). Packing buffers are kept per thread and reused across calls, so a training step does
+//! not return them to the system.
 
 use std::cell::RefCell;
 
 use rayon::prelude::*;
 
-/// Rows of the register tile.
-pub(crate) const MR: usize = 6;
-/// Columns of the register tile (two 8-lane vectors).
-pub(crate) const NR: usize = 16;
-/// Depth of one packed slice: a `B` panel of `KC x NR` floats is 16 KiB.
+/// Most rows of any register tile (sizes the scratch tile).
+const MR_MAX: usize = 12;
+/// Most columns of any register tile.
+const NR_MAX: usize = 32;
+/// Depth of one packed slice: a `B` panel of `KC x NR` floats is 16 KiB (8-lane tiles) or
+/// 32 KiB (16-lane tiles), inside the first-level cache.
 const KC: usize = 256;
-/// Most rows of `A` packed at once (`MC_MAX x KC` floats: 144 KiB).
+/// Most rows of `A` packed at once (`MC_MAX x KC` floats: 144 KiB), a multiple of every `MR`.
 const MC_MAX: usize = 144;
 /// Most columns of `B` packed at once.
 const NC: usize = 4096;
@@ -87,18 +90,82 @@ unsafe impl Sync for Out {}
 /// Which micro-kernel runs.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Kernel {
+    /// `12 x 32` tile in twenty-four 16-lane registers.
+    #[cfg(target_arch = "x86_64")]
+    Avx512,
+    /// `6 x 16` tile in twelve 8-lane registers.
     #[cfg(target_arch = "x86_64")]
     Avx2,
+    /// `6 x 16` tile the compiler vectorises for the baseline target.
     Portable,
 }
 
 impl Kernel {
     fn select() -> Self {
         #[cfg(target_arch = "x86_64")]
-        if super::math::wide_simd() {
-            return Kernel::Avx2;
+        {
+            if super::math::wide_simd_512() {
+                return Kernel::Avx512;
+            }
+            if super::math::wide_simd() {
+                return Kernel::Avx2;
+            }
         }
         Kernel::Portable
+    }
+}
+
+/// A register tile: its shape and the micro-kernel that computes it.
+trait Tile {
+    /// Rows of the tile.
+    const MR: usize;
+    /// Columns of the tile.
+    const NR: usize;
+    /// `out (+)= a b` for one `MR x NR` tile over `kc` steps of the shared dimension.
+    ///
+    /// # Safety
+    /// The CPU has the tile's instructions; `a` covers `MR` rows and `kc` columns, `b` holds
+    /// `kc * NR` floats; `out` covers `MR` rows of `NR` floats at row stride `rs`.
+    unsafe fn micro(kc: usize, a: View, b: *const f32, out: *mut f32, rs: usize, acc: bool);
+}
+
+/// The portable tile.
+struct PortableTile;
+
+impl Tile for PortableTile {
+    const MR: usize = 6;
+    const NR: usize = 16;
+    unsafe fn micro(kc: usize, a: View, b: *const f32, out: *mut f32, rs: usize, acc: bool) {
+        // SAFETY: forwarded from the caller.
+        unsafe { micro_portable::<6, 16>(kc, a, b, out, rs, acc) }
+    }
+}
+
+/// The AVX2 + FMA tile.
+#[cfg(target_arch = "x86_64")]
+struct Avx2Tile;
+
+#[cfg(target_arch = "x86_64")]
+impl Tile for Avx2Tile {
+    const MR: usize = 6;
+    const NR: usize = 16;
+    unsafe fn micro(kc: usize, a: View, b: *const f32, out: *mut f32, rs: usize, acc: bool) {
+        // SAFETY: forwarded from the caller (the CPU has AVX2 and FMA).
+        unsafe { avx2::micro(kc, a, b, out, rs, acc) }
+    }
+}
+
+/// The AVX-512 tile of `M` rows.
+#[cfg(target_arch = "x86_64")]
+struct Avx512Tile<const M: usize>;
+
+#[cfg(target_arch = "x86_64")]
+impl<const M: usize> Tile for Avx512Tile<M> {
+    const MR: usize = M;
+    const NR: usize = 32;
+    unsafe fn micro(kc: usize, a: View, b: *const f32, out: *mut f32, rs: usize, acc: bool) {
+        // SAFETY: forwarded from the caller (the CPU has AVX-512 F).
+        unsafe { avx512::micro::<M>(kc, a, b, out, rs, acc) }
     }
 }
 
@@ -180,7 +247,6 @@ pub(crate) unsafe fn sgemm(
         }
         return;
     }
-    let kernel = Kernel::select();
     let a = View {
         ptr: lhs.as_ptr(),
         rs: lhs_rs,
@@ -201,18 +267,45 @@ pub(crate) unsafe fn sgemm(
     } else {
         1
     };
+    // SAFETY: the views are in bounds (caller); each tile's instructions are checked by
+    // `Kernel::select`.
+    unsafe {
+        match Kernel::select() {
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => blocked::<Avx512Tile<12>>((m, n, k), c, read_dst, a, b, threads),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => blocked::<Avx2Tile>((m, n, k), c, read_dst, a, b, threads),
+            Kernel::Portable => blocked::<PortableTile>((m, n, k), c, read_dst, a, b, threads),
+        }
+    }
+}
+
+/// The blocked product with the register tile `T` (`m, n, k > 0`).
+///
+/// # Safety
+/// As [`sgemm`]; the CPU has `T`'s instructions.
+unsafe fn blocked<T: Tile>(
+    (m, n, k): (usize, usize, usize),
+    c: Out,
+    read_dst: bool,
+    a: View,
+    b: View,
+    threads: usize,
+) {
+    let (mr, nr) = (T::MR, T::NR);
+    let (kc_step, mc_max) = (KC, MC_MAX);
     // Row blocks: a multiple of the thread count when there is more than one.
-    let mut m_blocks = m.div_ceil(MC_MAX);
+    let mut m_blocks = m.div_ceil(mc_max);
     if threads > 1 && m_blocks > 1 {
         m_blocks = m_blocks.div_ceil(threads) * threads;
     }
-    let mc = m.div_ceil(m_blocks).div_ceil(MR) * MR;
+    let mc = m.div_ceil(m_blocks).div_ceil(mr) * mr;
     let m_blocks = m.div_ceil(mc);
     // Columns of `B` packed at once: all of the shared dimension for each, within the budget.
-    let nc_max = NC.min((B_BUDGET / k).max(NR) / NR * NR);
+    let nc_max = NC.min((B_BUDGET / k).max(nr) / nr * nr);
     for jc in (0..n).step_by(nc_max) {
         let nc = nc_max.min(n - jc);
-        let panels = nc.div_ceil(NR);
+        let panels = nc.div_ceil(nr);
         // Column ranges per row block: enough tasks for every thread.
         let n_splits = if threads > 1 {
             (2 * threads).div_ceil(m_blocks).min(panels)
@@ -221,19 +314,19 @@ pub(crate) unsafe fn sgemm(
         };
         let panels_per_split = panels.div_ceil(n_splits);
         let n_splits = panels.div_ceil(panels_per_split);
-        with_buffer(&B_PACK, k * panels * NR, |bp| {
-            // Slice `pc..pc + kc` of the shared dimension starts at `pc * panels * NR`.
-            for pc in (0..k).step_by(KC) {
-                let kc = KC.min(k - pc);
-                let slice = &mut bp[pc * panels * NR..][..kc * panels * NR];
+        with_buffer(&B_PACK, k * panels * nr, |bp| {
+            // Slice `pc..pc + kc` of the shared dimension starts at `pc * panels * nr`.
+            for pc in (0..k).step_by(kc_step) {
+                let kc = kc_step.min(k - pc);
+                let slice = &mut bp[pc * panels * nr..][..kc * panels * nr];
                 // SAFETY: the caller guarantees the view of `B` is in bounds.
                 let pack = |(p, panel): (usize, &mut [f32])| unsafe {
-                    pack_b(b, pc, kc, jc + p * NR, NR.min(nc - p * NR), panel)
+                    pack_b(b, nr, pc, kc, jc + p * nr, nr.min(nc - p * nr), panel)
                 };
                 if threads > 1 && panels >= 4 {
-                    slice.par_chunks_mut(kc * NR).enumerate().for_each(pack);
+                    slice.par_chunks_mut(kc * nr).enumerate().for_each(pack);
                 } else {
-                    slice.chunks_mut(kc * NR).enumerate().for_each(pack);
+                    slice.chunks_mut(kc * nr).enumerate().for_each(pack);
                 }
             }
             let bp: &[f32] = bp;
@@ -245,42 +338,44 @@ pub(crate) unsafe fn sgemm(
                 let rows = mc.min(m - i0);
                 let p0 = split * panels_per_split;
                 let p1 = panels.min(p0 + panels_per_split);
-                let row_panels = rows.div_ceil(MR);
-                with_buffer(&A_PACK, row_panels * KC.min(k) * MR, |ap| {
-                    for pc in (0..k).step_by(KC) {
-                        let kc = KC.min(k - pc);
-                        let ap = &mut ap[..row_panels * kc * MR];
-                        let slice = &bp[pc * panels * NR..][..kc * panels * NR];
+                let row_panels = rows.div_ceil(mr);
+                with_buffer(&A_PACK, row_panels * kc_step.min(k) * mr, |ap| {
+                    for pc in (0..k).step_by(kc_step) {
+                        let kc = kc_step.min(k - pc);
+                        let ap = &mut ap[..row_panels * kc * mr];
+                        let slice = &bp[pc * panels * nr..][..kc * panels * nr];
                         let accumulate = read_dst || pc > 0;
                         // SAFETY: bounds as above; tasks write disjoint tiles of `C`.
                         unsafe {
-                            // Row-major `A` is read in place (six rows streaming, whole row
-                            // panels only); other layouts, and a last partial panel, are packed
-                            // (a column-major `A` read in place would touch a new page per step).
+                            // Row-major `A` is read in place (the tile's rows streaming, whole
+                            // row panels only); other layouts, and a last partial panel, are
+                            // packed (a column-major `A` read in place would touch a new page
+                            // per step).
                             let in_place = a.cs == 1;
                             if in_place {
-                                if !rows.is_multiple_of(MR) {
-                                    let q = rows / MR;
+                                if !rows.is_multiple_of(mr) {
+                                    let q = rows / mr;
                                     pack_a(
                                         a,
-                                        i0 + q * MR,
-                                        rows - q * MR,
+                                        mr,
+                                        i0 + q * mr,
+                                        rows - q * mr,
                                         pc,
                                         kc,
-                                        &mut ap[..kc * MR],
+                                        &mut ap[..kc * mr],
                                     );
                                 }
                             } else {
-                                pack_a(a, i0, rows, pc, kc, ap);
+                                pack_a(a, mr, i0, rows, pc, kc, ap);
                             }
                             for p in p0..p1 {
-                                let j = jc + p * NR;
-                                let cols = NR.min(n - j);
-                                let bpanel = slice[p * kc * NR..][..kc * NR].as_ptr();
+                                let j = jc + p * nr;
+                                let cols = nr.min(n - j);
+                                let bpanel = slice[p * kc * nr..][..kc * nr].as_ptr();
                                 for q in 0..row_panels {
-                                    let i = i0 + q * MR;
-                                    let tile_rows = MR.min(m - i);
-                                    let apanel = if in_place && tile_rows == MR {
+                                    let i = i0 + q * mr;
+                                    let tile_rows = mr.min(m - i);
+                                    let apanel = if in_place && tile_rows == mr {
                                         View {
                                             ptr: a.ptr.add(i * a.rs + pc * a.cs),
                                             ..a
@@ -288,13 +383,12 @@ pub(crate) unsafe fn sgemm(
                                     } else {
                                         let panel = if in_place { 0 } else { q };
                                         View {
-                                            ptr: ap[panel * kc * MR..].as_ptr(),
+                                            ptr: ap[panel * kc * mr..].as_ptr(),
                                             rs: 1,
-                                            cs: MR,
+                                            cs: mr,
                                         }
                                     };
-                                    tile(
-                                        kernel,
+                                    tile::<T>(
                                         kc,
                                         apanel,
                                         bpanel,
@@ -319,28 +413,36 @@ pub(crate) unsafe fn sgemm(
     }
 }
 
-/// Packs rows `i0..i0 + rows` of `A`, depth `pc..pc + kc`, into panels of `[kc][MR]`.
+/// Packs rows `i0..i0 + rows` of `A`, depth `pc..pc + kc`, into panels of `[kc][mr]`.
 ///
 /// # Safety
 /// The rows and depth must lie inside `A`'s view.
-unsafe fn pack_a(a: View, i0: usize, rows: usize, pc: usize, kc: usize, out: &mut [f32]) {
-    let panels = rows.div_ceil(MR);
+unsafe fn pack_a(
+    a: View,
+    mr: usize,
+    i0: usize,
+    rows: usize,
+    pc: usize,
+    kc: usize,
+    out: &mut [f32],
+) {
+    let panels = rows.div_ceil(mr);
     // SAFETY (both branches): `i0 + r < i0 + rows` and `pc + kk < pc + kc`, inside the view.
     if a.cs == 1 {
         // Row-major: each row is read once, left to right.
-        for (q, panel) in out.chunks_mut(kc * MR).enumerate().take(panels) {
-            let r0 = i0 + q * MR;
-            let live = MR.min(i0 + rows - r0);
-            for r in 0..MR {
+        for (q, panel) in out.chunks_mut(kc * mr).enumerate().take(panels) {
+            let r0 = i0 + q * mr;
+            let live = mr.min(i0 + rows - r0);
+            for r in 0..mr {
                 if r < live {
                     let row =
                         unsafe { std::slice::from_raw_parts(a.ptr.add((r0 + r) * a.rs + pc), kc) };
                     for (kk, &v) in row.iter().enumerate() {
-                        panel[kk * MR + r] = v;
+                        panel[kk * mr + r] = v;
                     }
                 } else {
                     for kk in 0..kc {
-                        panel[kk * MR + r] = 0.0;
+                        panel[kk * mr + r] = 0.0;
                     }
                 }
             }
@@ -348,24 +450,24 @@ unsafe fn pack_a(a: View, i0: usize, rows: usize, pc: usize, kc: usize, out: &mu
     } else {
         // Otherwise one step of the shared dimension at a time, across every row (a column of
         // a column-major `A` is contiguous).
-        let full = rows / MR;
+        let full = rows / mr;
         for kk in 0..kc {
             let col = unsafe { a.ptr.add((pc + kk) * a.cs + i0 * a.rs) };
             let mut q0 = 0;
             if a.rs == 1 {
-                // Column-major: whole panels are six contiguous floats.
-                let src = unsafe { std::slice::from_raw_parts(col, full * MR) };
-                for (q, src) in src.chunks_exact(MR).enumerate() {
-                    out[q * kc * MR + kk * MR..][..MR].copy_from_slice(src);
+                // Column-major: whole panels are `mr` contiguous floats.
+                let src = unsafe { std::slice::from_raw_parts(col, full * mr) };
+                for (q, src) in src.chunks_exact(mr).enumerate() {
+                    out[q * kc * mr + kk * mr..][..mr].copy_from_slice(src);
                 }
                 q0 = full;
             }
             for q in q0..panels {
-                let dst = &mut out[q * kc * MR + kk * MR..][..MR];
-                let live = MR.min(rows - q * MR);
+                let dst = &mut out[q * kc * mr + kk * mr..][..mr];
+                let live = mr.min(rows - q * mr);
                 for (r, d) in dst.iter_mut().enumerate() {
                     *d = if r < live {
-                        unsafe { *col.add((q * MR + r) * a.rs) }
+                        unsafe { *col.add((q * mr + r) * a.rs) }
                     } else {
                         0.0
                     };
@@ -375,19 +477,27 @@ unsafe fn pack_a(a: View, i0: usize, rows: usize, pc: usize, kc: usize, out: &mu
     }
 }
 
-/// Packs columns `j0..j0 + cols` of `B` (`cols <= NR`), depth `pc..pc + kc`, into `[kc][NR]`.
+/// Packs columns `j0..j0 + cols` of `B` (`cols <= nr`), depth `pc..pc + kc`, into `[kc][nr]`.
 ///
 /// # Safety
 /// The columns and depth must lie inside `B`'s view.
-unsafe fn pack_b(b: View, pc: usize, kc: usize, j0: usize, cols: usize, panel: &mut [f32]) {
+unsafe fn pack_b(
+    b: View,
+    nr: usize,
+    pc: usize,
+    kc: usize,
+    j0: usize,
+    cols: usize,
+    panel: &mut [f32],
+) {
     // SAFETY: `j0 + j < j0 + cols` and `pc + kk < pc + kc`, inside the view.
     unsafe {
         if b.cs == 1 {
             for kk in 0..kc {
                 let row = b.ptr.add((pc + kk) * b.rs + j0);
-                let dst = &mut panel[kk * NR..][..NR];
-                if cols == NR {
-                    dst.copy_from_slice(std::slice::from_raw_parts(row, NR));
+                let dst = &mut panel[kk * nr..][..nr];
+                if cols == nr {
+                    dst.copy_from_slice(std::slice::from_raw_parts(row, nr));
                 } else {
                     for (j, d) in dst.iter_mut().enumerate() {
                         *d = if j < cols { *row.add(j) } else { 0.0 };
@@ -395,15 +505,15 @@ unsafe fn pack_b(b: View, pc: usize, kc: usize, j0: usize, cols: usize, panel: &
                 }
             }
         } else {
-            for j in 0..NR {
+            for j in 0..nr {
                 if j < cols {
                     let col = b.ptr.add((j0 + j) * b.cs + pc * b.rs);
                     for kk in 0..kc {
-                        panel[kk * NR + j] = *col.add(kk * b.rs);
+                        panel[kk * nr + j] = *col.add(kk * b.rs);
                     }
                 } else {
                     for kk in 0..kc {
-                        panel[kk * NR + j] = 0.0;
+                        panel[kk * nr + j] = 0.0;
                     }
                 }
             }
@@ -411,16 +521,14 @@ unsafe fn pack_b(b: View, pc: usize, kc: usize, j0: usize, cols: usize, panel: &
     }
 }
 
-/// One `rows x cols` tile of `C` at `(i, j)` from `MR` rows of `A` (`a`: the first element,
+/// One `rows x cols` tile of `C` at `(i, j)` from `T::MR` rows of `A` (`a`: the first element,
 /// its strides) and a packed `B` panel.
 ///
 /// # Safety
-/// The tile must lie inside `C`'s view, and no other thread may write it; `a` must cover `MR`
-/// rows and `kc` columns, `bpanel` `kc * NR` floats.
-#[allow(clippy::too_many_arguments)]
+/// The tile must lie inside `C`'s view, and no other thread may write it; `a` must cover
+/// `T::MR` rows and `kc` columns, `bpanel` `kc * T::NR` floats; the CPU has `T`'s instructions.
 #[inline(always)]
-unsafe fn tile(
-    kernel: Kernel,
+unsafe fn tile<T: Tile>(
     kc: usize,
     a: View,
     bpanel: *const f32,
@@ -431,28 +539,22 @@ unsafe fn tile(
 ) {
     // SAFETY: the tile is inside the view (caller).
     let at = unsafe { c.ptr.add(i * c.rs + j * c.cs) };
-    let full = rows == MR && cols == NR && c.cs == 1;
-    let mut scratch = [0.0f32; MR * NR];
+    let full = rows == T::MR && cols == T::NR && c.cs == 1;
+    let mut scratch = [0.0f32; MR_MAX * NR_MAX];
     let (out, rs, acc) = if full {
         (at, c.rs, accumulate)
     } else {
-        (scratch.as_mut_ptr(), NR, false)
+        (scratch.as_mut_ptr(), T::NR, false)
     };
-    match kernel {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: `Avx2` is chosen only when the CPU has AVX2 and FMA; the operands hold `kc`
-        // steps; `out` covers a full tile.
-        Kernel::Avx2 => unsafe { avx2::micro(kc, a, bpanel, out, rs, acc) },
-        // SAFETY: as above.
-        Kernel::Portable => unsafe { micro_portable(kc, a, bpanel, out, rs, acc) },
-    }
+    // SAFETY: the operands hold `kc` steps; `out` covers a full tile (caller).
+    unsafe { T::micro(kc, a, bpanel, out, rs, acc) };
     if !full {
         for r in 0..rows {
             for col in 0..cols {
                 // SAFETY: `r < rows`, `col < cols`: inside the tile.
                 unsafe {
                     let d = at.add(r * c.rs + col * c.cs);
-                    let v = scratch[r * NR + col];
+                    let v = scratch[r * T::NR + col];
                     *d = if accumulate { *d + v } else { v };
                 }
             }
@@ -460,12 +562,12 @@ unsafe fn tile(
     }
 }
 
-/// The portable register tile: the compiler vectorises the 16-wide rows.
+/// The portable register tile: the compiler vectorises the `NR`-wide rows.
 ///
 /// # Safety
 /// `a` must cover `MR` rows and `kc` columns, `b` `kc * NR` floats; `out` must cover `MR` rows
 /// of `NR` floats at row stride `rs`.
-unsafe fn micro_portable(
+unsafe fn micro_portable<const MR: usize, const NR: usize>(
     kc: usize,
     a: View,
     b: *const f32,
@@ -500,8 +602,11 @@ unsafe fn micro_portable(
 
 #[cfg(target_arch = "x86_64")]
 mod avx2 {
-    use super::{MR, NR, View};
+    use super::View;
     use std::arch::x86_64::*;
+
+    const MR: usize = 6;
+    const NR: usize = 16;
 
     /// The `6 x 16` tile in twelve registers; `k` unrolled by four.
     ///
@@ -572,6 +677,132 @@ mod avx2 {
                 } else {
                     _mm256_storeu_ps(row, acc[0]);
                     _mm256_storeu_ps(row.add(8), acc[1]);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod avx512 {
+    use super::View;
+    use std::arch::x86_64::*;
+
+    const NR: usize = 32;
+
+    /// `acc[r] += a_r * b[0..32]` for the `MR` rows of one step, `a_r` read at `row(r)`.
+    #[inline(always)]
+    unsafe fn step<const MR: usize>(
+        acc: &mut [[__m512; 2]; MR],
+        b: *const f32,
+        row: impl Fn(usize) -> *const f32,
+    ) {
+        // SAFETY: the caller keeps `b` and every `row(r)` inside their operands.
+        unsafe {
+            let b0 = _mm512_loadu_ps(b);
+            let b1 = _mm512_loadu_ps(b.add(16));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let x = _mm512_set1_ps(*row(r));
+                acc[0] = _mm512_fmadd_ps(x, b0, acc[0]);
+                acc[1] = _mm512_fmadd_ps(x, b1, acc[1]);
+            }
+        }
+    }
+
+    /// An `MR x 32` tile in `2 MR` 16-lane registers. `A` is either read in place (unit column
+    /// stride: the rows are addressed from one base per three rows, so a step needs no address
+    /// arithmetic; `k` unrolled by 16, each row asked for two cache lines ahead once per 16
+    /// steps) or packed (`[kc][MR]`: `k` unrolled by four).
+    ///
+    /// # Safety
+    /// AVX-512 F; `a` covers `MR` rows and `kc` columns and has unit column stride, or is a
+    /// packed `[kc][MR]` panel (unit row stride, column stride `MR`); `b` holds `kc * 32`
+    /// floats; `out` covers `MR` rows of 32 floats at row stride `rs`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn micro<const MR: usize>(
+        kc: usize,
+        a: View,
+        mut b: *const f32,
+        out: *mut f32,
+        rs: usize,
+        accumulate: bool,
+    ) {
+        // SAFETY: every pointer offset stays within the sizes stated above (prefetches may
+        // point past them, which is allowed: they never fault).
+        unsafe {
+            // The tile of `C` is written at the end: start bringing it in now.
+            for r in 0..MR {
+                let row = out.add(r * rs);
+                _mm_prefetch::<_MM_HINT_T0>(row as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(row.add(16) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(row.add(NR - 1) as *const i8);
+            }
+            let mut acc = [[_mm512_setzero_ps(); 2]; MR];
+            if a.cs == 1 {
+                // Rows `3g`, `3g + 1`, `3g + 2` at `p[g]`, `p[g] + ars`, `p[g] + 2 ars`: one
+                // base and one index register per three rows, the step in the displacement.
+                let ars = a.rs;
+                let mut p = [a.ptr; 5];
+                for (g, p) in p.iter_mut().enumerate().take(MR.div_ceil(3)) {
+                    *p = a.ptr.add(3 * g * ars);
+                }
+                macro_rules! at {
+                    ($j:expr) => {
+                        |r: usize| p[r / 3].add((r % 3) * ars + $j)
+                    };
+                }
+                macro_rules! quad {
+                    ($j:expr) => {
+                        // A quarter of the rows asked for two cache lines ahead.
+                        let quarter = MR.div_ceil(4);
+                        for r in ($j / 4) * quarter..(($j / 4 + 1) * quarter).min(MR) {
+                            _mm_prefetch::<_MM_HINT_T0>(at!(32)(r).cast::<i8>());
+                        }
+                        step(&mut acc, b.add($j * NR), at!($j));
+                        step(&mut acc, b.add(($j + 1) * NR), at!($j + 1));
+                        step(&mut acc, b.add(($j + 2) * NR), at!($j + 2));
+                        step(&mut acc, b.add(($j + 3) * NR), at!($j + 3));
+                    };
+                }
+                for _ in 0..kc / 16 {
+                    quad!(0);
+                    quad!(4);
+                    quad!(8);
+                    quad!(12);
+                    for p in p.iter_mut() {
+                        *p = p.wrapping_add(16);
+                    }
+                    b = b.add(16 * NR);
+                }
+                for j in 0..kc % 16 {
+                    step(&mut acc, b.add(j * NR), at!(j));
+                }
+            } else {
+                debug_assert!(a.rs == 1 && a.cs == MR);
+                let mut ap = a.ptr;
+                for _ in 0..kc / 4 {
+                    step(&mut acc, b, |r| ap.add(r));
+                    step(&mut acc, b.add(NR), |r| ap.add(MR + r));
+                    step(&mut acc, b.add(2 * NR), |r| ap.add(2 * MR + r));
+                    step(&mut acc, b.add(3 * NR), |r| ap.add(3 * MR + r));
+                    ap = ap.add(4 * MR);
+                    b = b.add(4 * NR);
+                }
+                for j in 0..kc % 4 {
+                    step(&mut acc, b.add(j * NR), |r| ap.add(j * MR + r));
+                }
+            }
+            for (r, acc) in acc.iter().enumerate() {
+                let row = out.add(r * rs);
+                if accumulate {
+                    _mm512_storeu_ps(row, _mm512_add_ps(_mm512_loadu_ps(row), acc[0]));
+                    _mm512_storeu_ps(
+                        row.add(16),
+                        _mm512_add_ps(_mm512_loadu_ps(row.add(16)), acc[1]),
+                    );
+                } else {
+                    _mm512_storeu_ps(row, acc[0]);
+                    _mm512_storeu_ps(row.add(16), acc[1]);
                 }
             }
         }
@@ -743,16 +974,23 @@ mod tests {
     /// The kernel the tests above ran is the one this CPU and `LMFORGE_KERNELS` select.
     #[test]
     fn dispatch_follows_the_switch() {
-        let forced_portable = std::env::var("LMFORGE_KERNELS").as_deref() == Ok("portable");
-        if forced_portable {
+        let cap = std::env::var("LMFORGE_KERNELS").unwrap_or_default();
+        if cap == "portable" {
             assert_eq!(Kernel::select(), Kernel::Portable);
         }
         #[cfg(target_arch = "x86_64")]
-        if !forced_portable
-            && std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma")
         {
-            assert_eq!(Kernel::select(), Kernel::Avx2);
+            use std::arch::is_x86_feature_detected as has;
+            let avx2 = has!("avx2") && has!("fma");
+            let avx512 = avx2 && has!("avx512f") && has!("avx512bw");
+            if cap != "portable" && avx2 {
+                let want = if avx512 && cap != "avx2" {
+                    Kernel::Avx512
+                } else {
+                    Kernel::Avx2
+                };
+                assert_eq!(Kernel::select(), want);
+            }
         }
     }
 }
