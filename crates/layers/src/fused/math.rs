@@ -5,9 +5,10 @@
 //! below 2e-7. Only explicit operations are used (no fused multiply-add contraction), so a loop gives
 //! the same bits whether the compiler vectorizes it or not.
 //!
-//! [`simd_dispatch!`](crate::fused::math::simd_dispatch) compiles a loop twice, for AVX2 + FMA
-//! (chosen at run time when the CPU has them) and for the baseline target; the environment
-//! variable `LMFORGE_KERNELS=portable` forces the baseline build (`avx2`: at most AVX2).
+//! [`simd_dispatch!`](crate::fused::math::simd_dispatch) compiles a loop three times, for
+//! AVX-512, for AVX2 + FMA (the widest the CPU has is chosen at run time) and for the baseline
+//! target; the environment variable `LMFORGE_KERNELS=portable` forces the baseline build
+//! (`avx2`: at most AVX2).
 
 const LOG2E: f32 = std::f32::consts::LOG2_E;
 /// `ln 2` split so that `n * LN2_HI` is exact for the `n` that occur.
@@ -21,7 +22,10 @@ const ROUND: f32 = 12_582_912.0;
 #[inline(always)]
 pub(crate) fn exp(x: f32) -> f32 {
     let x = x.clamp(-87.0, 88.0);
-    let n = (x * LOG2E + ROUND) - ROUND;
+    // `k` holds the integer `n = round(x log2 e)` in its low mantissa bits: `k`'s bits are
+    // `ROUND`'s plus `n`.
+    let k = x * LOG2E + ROUND;
+    let n = k - ROUND;
     let r = x - n * LN2_HI - n * LN2_LO;
     let p = 1.987_569_2e-4;
     let p = p * r + 1.398_199_9e-3;
@@ -30,7 +34,9 @@ pub(crate) fn exp(x: f32) -> f32 {
     let p = p * r + 1.666_666_5e-1;
     let p = p * r + 0.5;
     let p = p * (r * r) + r + 1.0;
-    let scale = f32::from_bits(((n as i32 + 127) << 23) as u32);
+    // `2^n` built from `k`'s bits with integer lanes: a float-to-int conversion here would be
+    // a saturating `as` cast, which the compiler cannot vectorize.
+    let scale = f32::from_bits(k.to_bits().wrapping_sub(ROUND.to_bits() - 127) << 23);
     p * scale
 }
 
@@ -44,37 +50,10 @@ pub(crate) fn tanh(x: f32) -> f32 {
     1.0 - 2.0 / (1.0 + exp(2.0 * x))
 }
 
-/// Defines `fn $name(args) $body`, with the body compiled for AVX2 + FMA (used when the CPU has
-/// them) and for the baseline target otherwise. The body may use only its arguments.
+/// Defines `fn $name(args) $body`, with the body compiled three times: for AVX-512 (F + BW,
+/// with AVX2 + FMA), for AVX2 + FMA, and for the baseline target; the widest the CPU has (and
+/// `LMFORGE_KERNELS` allows) runs. The body may use only its arguments.
 macro_rules! simd_dispatch {
-    ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
-        $(#[$meta])*
-        $vis fn $name($($arg: $ty),*) {
-            #[inline(always)]
-            fn body($($arg: $ty),*) $body
-
-            #[cfg(target_arch = "x86_64")]
-            {
-                #[target_feature(enable = "avx2,fma")]
-                fn wide($($arg: $ty),*) {
-                    body($($arg),*)
-                }
-                if $crate::fused::math::wide_simd() {
-                    // SAFETY: the CPU supports the features `wide` is compiled for.
-                    return unsafe { wide($($arg),*) };
-                }
-            }
-            body($($arg),*)
-        }
-    };
-}
-
-pub(crate) use simd_dispatch;
-
-/// [`simd_dispatch!`] with a third build, for AVX-512 (F + BW), chosen first when the CPU has
-/// it (and `LMFORGE_KERNELS` allows it): for the loops that are bound by arithmetic
-/// rather than memory (widening packed integers).
-macro_rules! simd_dispatch_512 {
     ($(#[$meta:meta])* $vis:vis fn $name:ident($($arg:ident: $ty:ty),* $(,)?) $body:block) => {
         $(#[$meta])*
         $vis fn $name($($arg: $ty),*) {
@@ -105,9 +84,9 @@ macro_rules! simd_dispatch_512 {
     };
 }
 
-pub(crate) use simd_dispatch_512;
+pub(crate) use simd_dispatch;
 
-/// Whether [`simd_dispatch_512!`] bodies run their AVX-512 build: [`wide_simd`], the CPU has
+/// Whether [`simd_dispatch!`] bodies run their AVX-512 build: [`wide_simd`], the CPU has
 /// AVX-512 F and BW, and `LMFORGE_KERNELS` is not `avx2`. Read once.
 #[cfg(target_arch = "x86_64")]
 pub(crate) fn wide_simd_512() -> bool {

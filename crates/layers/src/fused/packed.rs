@@ -16,7 +16,7 @@ use burn_flex::{Flex, FlexTensor};
 use rayon::prelude::*;
 
 use super::linear::{dot, rows_from_columns};
-use super::math::simd_dispatch_512;
+use super::math::simd_dispatch;
 use super::{contiguous, flex_tensor, matmul, slice};
 use crate::quant::{PackedWeight, QuantScheme, widen_i4};
 
@@ -27,7 +27,7 @@ const CHANNELS_PER_TASK: usize = 32;
 /// Channels per widened block of the many-rows path.
 const BLOCK: usize = 512;
 
-simd_dispatch_512! {
+simd_dispatch! {
     /// `out[0] = Σ x[i] q[i]` for int8 bytes `q` (sixteen partial sums).
     fn dot_i8(x: &[f32], q: &[u8], out: &mut [f32]) {
         let mut acc = [0f32; 16];
@@ -50,7 +50,7 @@ simd_dispatch_512! {
     }
 }
 
-simd_dispatch_512! {
+simd_dispatch! {
     /// `out[0] = Σ_g scales[g] Σ_t x[32 g + t] q[32 g + t]` over whole int4 blocks of 32
     /// (16 bytes each: values `t` and `t + 16` share byte `t`).
     fn dot_i4_32(x: &[f32], bytes: &[u8], scales: &[f32], out: &mut [f32]) {
