@@ -162,22 +162,16 @@ impl RecurrentWeights {
     ///
     /// `x`: `[batch_size, seq_length, d_input]` -> `[batch_size, seq_length, n_gates * d_hidden]`
     pub(crate) fn project_input(&self, cell: Cell, x: Tensor<3>) -> Tensor<3> {
-        let [batch_size, seq_length, d_input] = x.dims();
         let weight = self.weight_ih.val(); // [gh, d_input]
-        let gh = weight.dims()[0];
-        let mut xp = x
-            .reshape([batch_size * seq_length, d_input])
-            .matmul(weight.transpose());
         let bias = match (cell, &self.bias_ih, &self.bias_hh) {
             (Cell::Gru, Some(b_ih), _) => Some(b_ih.val()),
             (_, Some(b_ih), Some(b_hh)) => Some(b_ih.val() + b_hh.val()),
             (_, Some(b), None) | (_, None, Some(b)) => Some(b.val()),
             (_, None, None) => None,
         };
-        if let Some(bias) = bias {
-            xp = xp + bias.unsqueeze::<2>();
-        }
-        xp.reshape([batch_size, seq_length, gh])
+        // One product over every row of the batch, the bias folded in (one flex op with its
+        // own backward on flex).
+        crate::rows::project_rows(x, &weight, bias.as_ref(), true)
     }
 
     /// One step of the cell from a projected input `xp_t` (`[batch_size, n_gates * d_hidden]`),

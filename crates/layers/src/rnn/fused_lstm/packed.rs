@@ -4,22 +4,40 @@
 //! A general matmul packs its right-hand side on every call, and with 8 or 16 rows that packing
 //! costs as much as the product. Here the weight is packed **once per sequence** into panels of
 //! 16 columns (`[k][16]`, zero-padded), and each step runs an AVX2 + FMA register tile of 4 rows
-//! by 16 columns over them. CPUs without AVX2/FMA (and other architectures) use the `gemm`
-//! crate on the unpacked weight instead.
+//! by 16 columns over them; with AVX-512, panels of 32 columns and tiles of 8 rows by 32.
+//! CPUs without AVX2/FMA (and other architectures) use the `gemm` crate on the unpacked weight
+//! instead.
 
 /// Columns per packed panel (two 8-lane vectors).
 const NR: usize = 16;
 /// Rows per register tile.
 const MR: usize = 4;
+/// Columns per packed panel with AVX-512 (two 16-lane vectors).
+const NR_512: usize = 32;
+/// Rows per AVX-512 register tile.
+const MR_512: usize = 8;
 
 /// A `[k, n]` right-hand side packed into `ceil(n / 16)` panels of `[k][16]`.
 #[derive(Clone, Debug)]
 pub(super) struct Packed {
     k: usize,
     n: usize,
+    /// Columns per panel: 32 for the AVX-512 tile, 16 for the AVX2 one.
+    nr: usize,
     panels: Vec<f32>,
     /// Row-major copy for the fallback path (empty when the packed kernel is used).
     plain: Vec<f32>,
+}
+
+fn wide_kernel_512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        crate::fused::math::wide_simd_512()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 fn wide_kernel() -> bool {
@@ -37,19 +55,21 @@ impl Packed {
     /// Packs the `[k, n]` matrix whose element `(row, col)` is `at(row, col)`.
     pub(super) fn new(k: usize, n: usize, at: impl Fn(usize, usize) -> f32) -> Self {
         if wide_kernel() {
-            let n_panels = n.div_ceil(NR);
-            let mut panels = vec![0.0f32; n_panels * k * NR];
+            let nr = if wide_kernel_512() { NR_512 } else { NR };
+            let n_panels = n.div_ceil(nr);
+            let mut panels = vec![0.0f32; n_panels * k * nr];
             for p in 0..n_panels {
-                let panel = &mut panels[p * k * NR..][..k * NR];
-                for col in 0..NR.min(n - p * NR) {
+                let panel = &mut panels[p * k * nr..][..k * nr];
+                for col in 0..nr.min(n - p * nr) {
                     for row in 0..k {
-                        panel[row * NR + col] = at(row, p * NR + col);
+                        panel[row * nr + col] = at(row, p * nr + col);
                     }
                 }
             }
             Self {
                 k,
                 n,
+                nr,
                 panels,
                 plain: Vec::new(),
             }
@@ -63,6 +83,7 @@ impl Packed {
             Self {
                 k,
                 n,
+                nr: NR,
                 panels: Vec::new(),
                 plain,
             }
@@ -120,9 +141,14 @@ impl Packed {
             return;
         }
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: panels exist only when the CPU has AVX2 and FMA; bounds checked above.
+        // SAFETY: panels exist only when the CPU has AVX2 and FMA, 32-column panels only when
+        // it has AVX-512 F; bounds checked above.
         unsafe {
-            wide::mul(self, m, a, lda, c, ldc, accumulate);
+            if self.nr == NR_512 {
+                wide512::mul(self, m, a, lda, c, ldc, accumulate);
+            } else {
+                wide::mul(self, m, a, lda, c, ldc, accumulate);
+            }
         }
     }
 }
@@ -221,6 +247,104 @@ mod wide {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+mod wide512 {
+    use super::{MR_512 as MR, NR_512 as NR, Packed};
+    use std::arch::x86_64::*;
+
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) fn mul(
+        packed: &Packed,
+        m: usize,
+        a: &[f32],
+        lda: usize,
+        c: &mut [f32],
+        ldc: usize,
+        accumulate: bool,
+    ) {
+        let (k, n) = (packed.k, packed.n);
+        for p in 0..n.div_ceil(NR) {
+            let panel = &packed.panels[p * k * NR..][..k * NR];
+            let cols = NR.min(n - p * NR);
+            let mut row = 0;
+            while row + MR <= m {
+                tile::<MR>(
+                    k,
+                    &a[row * lda..],
+                    lda,
+                    panel,
+                    &mut c[row * ldc + p * NR..],
+                    ldc,
+                    cols,
+                    accumulate,
+                );
+                row += MR;
+            }
+            if row == m {
+                continue;
+            }
+            let c = &mut c[row * ldc + p * NR..];
+            let a = &a[row * lda..];
+            match m - row {
+                1 => tile::<1>(k, a, lda, panel, c, ldc, cols, accumulate),
+                2 => tile::<2>(k, a, lda, panel, c, ldc, cols, accumulate),
+                3 => tile::<3>(k, a, lda, panel, c, ldc, cols, accumulate),
+                4 => tile::<4>(k, a, lda, panel, c, ldc, cols, accumulate),
+                5 => tile::<5>(k, a, lda, panel, c, ldc, cols, accumulate),
+                6 => tile::<6>(k, a, lda, panel, c, ldc, cols, accumulate),
+                _ => tile::<7>(k, a, lda, panel, c, ldc, cols, accumulate),
+            }
+        }
+    }
+
+    /// `R` rows of `c` (`cols <= 32` columns) from `R` rows of `a` and one panel.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    fn tile<const R: usize>(
+        k: usize,
+        a: &[f32],
+        lda: usize,
+        panel: &[f32],
+        c: &mut [f32],
+        ldc: usize,
+        cols: usize,
+        accumulate: bool,
+    ) {
+        assert!(panel.len() >= k * NR && a.len() >= (R - 1) * lda + k);
+        assert!(c.len() >= (R - 1) * ldc + cols);
+        let mut acc = [[_mm512_setzero_ps(); 2]; R];
+        let (a, b) = (a.as_ptr(), panel.as_ptr());
+        for kk in 0..k {
+            // SAFETY: `kk < k`, and the asserts above bound every row of `a` and the panel.
+            unsafe {
+                let b0 = _mm512_loadu_ps(b.add(kk * NR));
+                let b1 = _mm512_loadu_ps(b.add(kk * NR + 16));
+                for (r, acc) in acc.iter_mut().enumerate() {
+                    let av = _mm512_set1_ps(*a.add(r * lda + kk));
+                    acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
+                    acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let row = &mut c[r * ldc..][..cols];
+            let mut out = [0.0f32; NR];
+            // SAFETY: `out` holds 32 floats.
+            unsafe {
+                _mm512_storeu_ps(out.as_mut_ptr(), acc[0]);
+                _mm512_storeu_ps(out.as_mut_ptr().add(16), acc[1]);
+            }
+            if accumulate {
+                for (c, v) in row.iter_mut().zip(out) {
+                    *c += v;
+                }
+            } else {
+                row.copy_from_slice(&out[..cols]);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::Packed;
@@ -230,7 +354,15 @@ mod tests {
     #[test]
     fn packed_product_matches_naive() {
         let value = |i: usize, salt: usize| (((i * 31 + salt * 7) % 23) as f32 - 11.0) / 8.0;
-        for (m, k, n) in [(1, 1, 1), (3, 5, 7), (4, 16, 16), (8, 33, 40), (7, 64, 100)] {
+        for (m, k, n) in [
+            (1, 1, 1),
+            (3, 5, 7),
+            (4, 16, 16),
+            (8, 33, 40),
+            (7, 64, 100),
+            (14, 9, 65),
+            (21, 17, 33),
+        ] {
             let (lda, ldc) = (k + 3, n + 5);
             let b: Vec<f32> = (0..k * n).map(|i| value(i, 1)).collect();
             let a: Vec<f32> = (0..m * lda).map(|i| value(i, 2)).collect();
