@@ -9,6 +9,13 @@ use rand::rngs::StdRng;
 use rand::seq::IndexedRandom;
 use rand::{Rng, SeedableRng};
 
+/// The examples' global allocator: mimalloc keeps freed memory for reuse, where the system
+/// allocator returns each large block (a training step's activations) to the kernel and pays
+/// page faults to get it back on the next step (docs/performance.md has the measurement).
+/// Applications choose their own allocator; lmforge works with any.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The autodiff device for `name` (`flex`, `ndarray`, `wgpu`, ...), or the `LMFORGE_DEVICE`
 /// variable, or the build's default backend; prints what was chosen.
 pub fn training_device(name: Option<&str>, quiet: bool) -> Result<Device> {

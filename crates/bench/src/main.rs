@@ -10,6 +10,9 @@ use anyhow::Result;
 use clap::Parser;
 use lmforge_bench::{CASES, Options, cpu_peak_gflops, run, threads};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Standard throughput cases (see the crate docs), one JSON line per case.
 #[derive(Parser, Debug)]
 #[command(version)]

@@ -321,7 +321,7 @@ unsafe fn blocked<T: Tile>(
                 let slice = &mut bp[pc * panels * nr..][..kc * panels * nr];
                 // SAFETY: the caller guarantees the view of `B` is in bounds.
                 let pack = |(p, panel): (usize, &mut [f32])| unsafe {
-                    pack_b(b, nr, pc, kc, jc + p * nr, nr.min(nc - p * nr), panel)
+                    pack_b::<T>(b, pc, kc, jc + p * nr, nr.min(nc - p * nr), panel)
                 };
                 if threads > 1 && panels >= 4 {
                     slice.par_chunks_mut(kc * nr).enumerate().for_each(pack);
@@ -355,9 +355,8 @@ unsafe fn blocked<T: Tile>(
                             if in_place {
                                 if !rows.is_multiple_of(mr) {
                                     let q = rows / mr;
-                                    pack_a(
+                                    pack_a::<T>(
                                         a,
-                                        mr,
                                         i0 + q * mr,
                                         rows - q * mr,
                                         pc,
@@ -366,7 +365,7 @@ unsafe fn blocked<T: Tile>(
                                     );
                                 }
                             } else {
-                                pack_a(a, mr, i0, rows, pc, kc, ap);
+                                pack_a::<T>(a, i0, rows, pc, kc, ap);
                             }
                             for p in p0..p1 {
                                 let j = jc + p * nr;
@@ -417,15 +416,9 @@ unsafe fn blocked<T: Tile>(
 ///
 /// # Safety
 /// The rows and depth must lie inside `A`'s view.
-unsafe fn pack_a(
-    a: View,
-    mr: usize,
-    i0: usize,
-    rows: usize,
-    pc: usize,
-    kc: usize,
-    out: &mut [f32],
-) {
+unsafe fn pack_a<T: Tile>(a: View, i0: usize, rows: usize, pc: usize, kc: usize, out: &mut [f32]) {
+    // A constant for each tile, so the copies below compile to vector moves.
+    let mr = T::MR;
     let panels = rows.div_ceil(mr);
     // SAFETY (both branches): `i0 + r < i0 + rows` and `pc + kk < pc + kc`, inside the view.
     if a.cs == 1 {
@@ -481,15 +474,15 @@ unsafe fn pack_a(
 ///
 /// # Safety
 /// The columns and depth must lie inside `B`'s view.
-unsafe fn pack_b(
+unsafe fn pack_b<T: Tile>(
     b: View,
-    nr: usize,
     pc: usize,
     kc: usize,
     j0: usize,
     cols: usize,
     panel: &mut [f32],
 ) {
+    let nr = T::NR;
     // SAFETY: `j0 + j < j0 + cols` and `pc + kk < pc + kc`, inside the view.
     unsafe {
         if b.cs == 1 {
@@ -781,6 +774,12 @@ mod avx512 {
                 debug_assert!(a.rs == 1 && a.cs == MR);
                 let mut ap = a.ptr;
                 for _ in 0..kc / 4 {
+                    // The three cache lines of `A` four iterations ahead.
+                    for line in 0..3 {
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            ap.wrapping_add(16 * MR + 16 * line).cast::<i8>(),
+                        );
+                    }
                     step(&mut acc, b, |r| ap.add(r));
                     step(&mut acc, b.add(NR), |r| ap.add(MR + r));
                     step(&mut acc, b.add(2 * NR), |r| ap.add(2 * MR + r));
