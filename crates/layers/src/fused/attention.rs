@@ -30,8 +30,10 @@ use rayon::prelude::*;
 use super::math::{exp, simd_dispatch};
 use super::{flex_tensor, matmul};
 
-/// Attention `softmax(s Q Kᵀ + mask) V` of autodiff tensors on flex, or `None` (other devices,
-/// other dtypes, or no autodiff: flex's own attention op serves inference).
+/// Attention `softmax(s Q Kᵀ + mask) V` of flex tensors, or `None` (other devices, other
+/// dtypes, and inference calls flex serves better: see below). Inference runs the same forward
+/// pass and drops the probabilities (faster than flex's own attention op on MiniLM:
+/// docs/performance.md).
 ///
 /// - `q`: `[batch, heads, seq_q, d]`, `k`: `[batch, heads, seq_k, d]`, `v`: `[batch, heads,
 ///   seq_k, d_v]`;
@@ -52,8 +54,13 @@ pub(crate) fn attention(
         return None;
     }
     if !q.device().is_autodiff() {
-        // Inference: flex's own attention kernel is faster than this one's forward pass
-        // (measured on MiniLM), and there is no backward pass to save.
+        // The forward pass runs one batch entry per thread: inference takes it for several
+        // queries (encoders, prompts) over at least one entry per thread; single-query
+        // decoding steps and batch-1 prompts keep flex's attention, which spreads the heads.
+        let [batch, _, seq_q, _] = q.dims();
+        if seq_q > 1 && batch >= rayon::current_num_threads() {
+            return inference(q, k, v, mask, causal, scale);
+        }
         return None;
     }
     on_autodiff::<NoCheckpointing>(q, k, v, mask, causal, scale)
@@ -82,26 +89,33 @@ struct AttentionState {
     probs: Vec<f32>,
 }
 
-fn on_autodiff<C: CheckpointStrategy>(
+/// Inference on flex tensors: the forward pass, its probabilities dropped.
+fn inference(
     q: &Tensor<4>,
     k: &Tensor<4>,
     v: &Tensor<4>,
     mask: Option<&Tensor<4, Bool>>,
     causal: bool,
     scale: f32,
-) -> Option<Tensor<4>>
-where
-    DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
-{
-    let q = q.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
-    let k = k.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
-    let v = v.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
-    let guards = [q.node(), k.node(), v.node()];
-    let (q, k, v) = (
-        HeadView::new(q.into_primitive()),
-        HeadView::new(k.into_primitive()),
-        HeadView::new(v.into_primitive()),
-    );
+) -> Option<Tensor<4>> {
+    let q = HeadView::new(q.clone().try_into_primitive::<Flex>().ok()?);
+    let k = HeadView::new(k.clone().try_into_primitive::<Flex>().ok()?);
+    let v = HeadView::new(v.clone().try_into_primitive::<Flex>().ok()?);
+    let (dims, batch, mask) = prepare(&q, &k, &v, mask)?;
+    let (out, _) = forward(dims, batch, &q, &k, &v, mask.as_deref(), causal, scale);
+    let out = flex_tensor(out, [batch, dims.seq_q, dims.heads, dims.d_v]).transpose(1, 2);
+    Some(Tensor::from_primitive::<Flex>(out))
+}
+
+/// The sizes of one call (checked against each other) and its mask read back to the host;
+/// `None` when there is nothing to compute or the mask is not readable.
+#[allow(clippy::type_complexity)]
+fn prepare(
+    q: &HeadView,
+    k: &HeadView,
+    v: &HeadView,
+    mask: Option<&Tensor<4, Bool>>,
+) -> Option<(Dims, usize, Option<Vec<bool>>)> {
     let [batch, heads, seq_q, d] = q.dims;
     let [_, _, seq_k, d_v] = v.dims;
     assert_eq!(k.dims, [batch, heads, seq_k, d], "attention: key shape");
@@ -129,10 +143,34 @@ where
         }
         None => None,
     };
+    Some((dims, batch, mask))
+}
+
+fn on_autodiff<C: CheckpointStrategy>(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    mask: Option<&Tensor<4, Bool>>,
+    causal: bool,
+    scale: f32,
+) -> Option<Tensor<4>>
+where
+    DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
+{
+    let q = q.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
+    let k = k.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
+    let v = v.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
+    let guards = [q.node(), k.node(), v.node()];
+    let (q, k, v) = (
+        HeadView::new(q.into_primitive()),
+        HeadView::new(k.into_primitive()),
+        HeadView::new(v.into_primitive()),
+    );
+    let (dims, batch, mask) = prepare(&q, &k, &v, mask)?;
     let (out, probs) = forward(dims, batch, &q, &k, &v, mask.as_deref(), causal, scale);
     // Written as `[batch, seq_q, heads, d_v]` and returned as its `[batch, heads, seq_q, d_v]`
     // view: multi-head attention swaps the two back and merges the heads without a copy.
-    let out = flex_tensor(out, [batch, seq_q, heads, d_v]).transpose(1, 2);
+    let out = flex_tensor(out, [batch, dims.seq_q, dims.heads, dims.d_v]).transpose(1, 2);
     let out = match AttentionBackward
         .prepare::<C>(guards)
         .compute_bound()
@@ -203,16 +241,77 @@ impl HeadView {
     }
 }
 
+/// Independent partial sums and maxima per row: the loops below keep this many in flight, so
+/// they vectorize (one running `f32` sum would be a serial chain the compiler must keep).
+const LANES: usize = 16;
+
 simd_dispatch! {
-    /// `row = exp(row - max)` where `keep`, 0 elsewhere; returns the sum.
-    fn exp_shifted(row: &mut [f32], keep: &[bool], max: f32, sum: &mut f32) {
-        let mut total = 0.0f32;
-        for (x, &keep) in row.iter_mut().zip(keep) {
-            let e = exp(*x - max);
-            *x = if keep { e } else { 0.0 };
-            total += *x;
+    /// `row = softmax(scale * row)` over the entries where `keep`, 0 elsewhere (all zeros when
+    /// nothing is kept).
+    fn softmax_row(row: &mut [f32], keep: &[bool], scale: f32) {
+        let n = row.len();
+        let full = n / LANES * LANES;
+        let mut lane_max = [f32::NEG_INFINITY; LANES];
+        for (x, k) in row[..full].chunks_exact(LANES).zip(keep[..full].chunks_exact(LANES)) {
+            for l in 0..LANES {
+                let v = if k[l] { x[l] * scale } else { f32::NEG_INFINITY };
+                lane_max[l] = if v > lane_max[l] { v } else { lane_max[l] };
+            }
         }
-        *sum = total;
+        let mut max = f32::NEG_INFINITY;
+        for (&x, &k) in row[full..].iter().zip(&keep[full..]) {
+            if k && x * scale > max {
+                max = x * scale;
+            }
+        }
+        for m in lane_max {
+            if m > max {
+                max = m;
+            }
+        }
+        if max == f32::NEG_INFINITY {
+            row.fill(0.0);
+            return;
+        }
+        let mut lane_sum = [0.0f32; LANES];
+        for (x, k) in row[..full].chunks_exact_mut(LANES).zip(keep[..full].chunks_exact(LANES)) {
+            for l in 0..LANES {
+                let e = exp(x[l] * scale - max);
+                x[l] = if k[l] { e } else { 0.0 };
+                lane_sum[l] += x[l];
+            }
+        }
+        let mut sum = 0.0f32;
+        for (x, &k) in row[full..].iter_mut().zip(&keep[full..]) {
+            let e = exp(*x * scale - max);
+            *x = if k { e } else { 0.0 };
+            sum += *x;
+        }
+        sum += lane_sum.iter().sum::<f32>();
+        let inv = 1.0 / sum;
+        for x in row.iter_mut() {
+            *x *= inv;
+        }
+    }
+}
+
+simd_dispatch! {
+    /// The softmax's backward for one row, in place: `ds = scale * p * (ds - <ds, p>)`.
+    fn softmax_backward_row(ds: &mut [f32], p: &[f32], scale: f32) {
+        let full = ds.len() / LANES * LANES;
+        let mut lanes = [0.0f32; LANES];
+        for (a, b) in ds[..full].chunks_exact(LANES).zip(p[..full].chunks_exact(LANES)) {
+            for l in 0..LANES {
+                lanes[l] += a[l] * b[l];
+            }
+        }
+        let mut dot = lanes.iter().sum::<f32>();
+        for (a, b) in ds[full..].iter().zip(&p[full..]) {
+            dot += a * b;
+        }
+        for (ds, &p) in ds.iter_mut().zip(p) {
+            *ds = scale * p * (*ds - dot);
+        }
     }
 }
 
@@ -245,6 +344,7 @@ fn forward(
         .enumerate()
         .for_each(|(b, (out, probs))| {
             let mut keep = vec![true; seq_k];
+            let masked = mask.is_some() || causal;
             for (h, p) in probs.chunks_mut(seq_q * seq_k).enumerate() {
                 let pair = b * heads + h;
                 let ((q, q_rs), (k, k_rs), (v, v_rs)) =
@@ -263,29 +363,14 @@ fn forward(
                 );
                 for i in 0..seq_q {
                     let row = &mut p[i * seq_k..][..seq_k];
-                    for (j, keep) in keep.iter_mut().enumerate() {
-                        let masked = mask.is_some_and(|m| m[(pair * seq_q + i) * seq_k + j])
-                            || (causal && j as isize > i as isize + offset);
-                        *keep = !masked;
-                    }
-                    let mut max = f32::NEG_INFINITY;
-                    for (x, &keep) in row.iter_mut().zip(&keep) {
-                        *x *= scale;
-                        if keep && *x > max {
-                            max = *x;
+                    if masked {
+                        for (j, keep) in keep.iter_mut().enumerate() {
+                            let masked = mask.is_some_and(|m| m[(pair * seq_q + i) * seq_k + j])
+                                || (causal && j as isize > i as isize + offset);
+                            *keep = !masked;
                         }
                     }
-                    if max == f32::NEG_INFINITY {
-                        // Every key masked: zero probabilities, zero output.
-                        row.fill(0.0);
-                        continue;
-                    }
-                    let mut sum = 0.0f32;
-                    exp_shifted(row, &keep, max, &mut sum);
-                    let inv = 1.0 / sum;
-                    for x in row.iter_mut() {
-                        *x *= inv;
-                    }
+                    softmax_row(row, &keep, scale);
                 }
                 // O = P V, rows `heads * d_v` apart
                 let out = &mut out[h * d_v..];
@@ -370,10 +455,7 @@ impl Backward<Flex, 3> for AttentionBackward {
                         false,
                     );
                     for (ds, p) in ds.chunks_mut(seq_k).zip(p.chunks(seq_k)) {
-                        let dot: f32 = ds.iter().zip(p).map(|(a, b)| a * b).sum();
-                        for (ds, &p) in ds.iter_mut().zip(p) {
-                            *ds = scale * p * (*ds - dot);
-                        }
+                        softmax_backward_row(ds, p, scale);
                     }
                     // dQ = dS K, dK = dSᵀ Q
                     let dq = &mut dq[h * d..];
@@ -546,6 +628,8 @@ mod tests {
                 ((2, 5, 5, 3), None),
                 ((3, 6, 6, 2), Some(&[6usize, 4, 0][..])),
                 ((2, 3, 7, 2), Some(&[7usize, 5][..])),
+                // Rows longer than the softmax's 16 lanes, with a tail.
+                ((2, 20, 37, 2), Some(&[37usize, 19][..])),
             ] {
                 for causal in [false, true] {
                     for layout in [Layout::Contiguous, Layout::HeadsSplit, Layout::Transposed] {
@@ -569,16 +653,71 @@ mod tests {
         }
     }
 
+    /// Inference (no autodiff) through the fused forward pass equals burn's attention.
     #[test]
-    fn fused_attention_is_for_flex_training_only() {
+    fn fused_inference_equals_composed_attention() {
+        let device = flex_device().expect(FLEX_REQUIRED);
+        for (shape, lengths) in [
+            ((2, 5, 5, 3), None),
+            ((3, 6, 6, 2), Some(&[6usize, 4, 0][..])),
+            ((2, 20, 37, 2), Some(&[37usize, 19][..])),
+        ] {
+            let (batch, seq_q, seq_k, heads) = shape;
+            for causal in [false, true] {
+                let q = input([batch, heads, seq_q, 4], 1, &device);
+                let k = input([batch, heads, seq_k, 4], 2, &device);
+                let v = input([batch, heads, seq_k, 3], 3, &device);
+                let m = lengths.map(|l| mask(l, heads, seq_q, seq_k, &device));
+                let fused = super::attention(&q, &k, &v, m.as_ref(), causal, 0.5)
+                    .expect("flex runs the fused attention");
+                let options = AttentionModuleOptions {
+                    scale: Some(0.5),
+                    softcap: None,
+                    is_causal: causal,
+                };
+                let composed = burn_attention(q, k, v, m, None, options);
+                let (a, b) = (
+                    fused.into_data().to_vec::<f32>().unwrap(),
+                    composed.into_data().to_vec::<f32>().unwrap(),
+                );
+                // Rows with every key masked: burn's softmax gives NaN or a uniform row, the
+                // fused op zeros; compare the rest.
+                let worst = a
+                    .iter()
+                    .zip(&b)
+                    .filter(|(_, b)| b.is_finite())
+                    .fold(0.0f32, |w, (a, b)| w.max((a - b).abs()));
+                assert!(
+                    worst <= 1e-5,
+                    "shape {shape:?}, lengths {lengths:?}, causal {causal}: differs by {worst}"
+                );
+            }
+        }
+    }
+
+    /// Which calls take the fused op.
+    #[test]
+    fn fused_attention_is_for_flex_only() {
         for selected in test_devices() {
             for device in [selected.device.clone(), selected.device.clone().autodiff()] {
-                let q = input([1, 1, 2, 4], 1, &device);
+                // A batch entry per thread, several queries: fused on flex, with or without
+                // autodiff.
+                let batch = rayon::current_num_threads();
+                let q = input([batch, 1, 2, 4], 1, &device);
+                let fused = super::attention(&q, &q, &q, None, false, 0.5);
+                assert_eq!(
+                    fused.is_some(),
+                    selected.backend == Backend::Flex,
+                    "fused attention on {selected} (autodiff {})",
+                    device.is_autodiff()
+                );
+                // One query (a decoding step): flex's attention serves inference.
+                let q = input([batch, 1, 1, 4], 1, &device);
                 let fused = super::attention(&q, &q, &q, None, false, 0.5);
                 assert_eq!(
                     fused.is_some(),
                     selected.backend == Backend::Flex && device.is_autodiff(),
-                    "fused attention on {selected} (autodiff {})",
+                    "one-query attention on {selected} (autodiff {})",
                     device.is_autodiff()
                 );
             }
