@@ -19,7 +19,7 @@ use burn_flex::{Flex, FlexTensor};
 use burn_tensor::DispatchTensor;
 use rayon::prelude::*;
 
-use super::{contiguous, flex_tensor, matmul, slice};
+use super::{contiguous, flex_tensor, matmul, matmul_new, slice};
 
 /// `x W + b` (`transposed`: `x Wᵀ + b`) for `f32` tensors on flex (with or without autodiff);
 /// `None` elsewhere, when the widths do not match (the caller's composed path reports it), or
@@ -91,24 +91,34 @@ impl Shape {
 
 fn forward(shape: Shape, x: &[f32], w: &[f32], b: Option<&[f32]>) -> Vec<f32> {
     let Shape { m, n, k, .. } = shape;
-    let mut y = match b {
-        Some(b) => {
-            let mut y = vec![0.0f32; m * n];
-            let fill = |row: &mut [f32]| row.copy_from_slice(b);
-            if m * n >= 1 << 16 {
-                y.par_chunks_mut(n).for_each(fill);
-            } else {
-                y.chunks_mut(n).for_each(fill);
-            }
-            y
-        }
-        None => vec![0.0f32; m * n],
+    let Some(b) = b else {
+        return matmul_new((m, n, k), x, (k, 1), w, shape.weight_view());
     };
+    assert_eq!(b.len(), n, "affine: bias width");
+    if m * n == 0 {
+        return vec![0.0; m * n];
+    }
+    // Every row starts as the bias (written once, no zero fill), then the product adds to it.
+    let mut y: Vec<f32> = Vec::with_capacity(m * n);
+    let fill = |row: &mut [std::mem::MaybeUninit<f32>]| {
+        for (d, &b) in row.iter_mut().zip(b) {
+            d.write(b);
+        }
+    };
+    if m * n >= 1 << 16 {
+        y.spare_capacity_mut()[..m * n]
+            .par_chunks_mut(n)
+            .for_each(fill);
+    } else {
+        y.spare_capacity_mut()[..m * n].chunks_mut(n).for_each(fill);
+    }
+    // SAFETY: the `m` rows of `n` floats were written just above.
+    unsafe { y.set_len(m * n) };
     matmul(
         (m, n, k),
         &mut y,
         (n, 1),
-        b.is_some(),
+        true,
         x,
         (k, 1),
         w,
@@ -185,19 +195,8 @@ struct AffineBackward;
 fn input_gradient(state: &AffineState, dy: &[f32]) -> FlexTensor {
     let Shape { m, n, k, .. } = state.shape;
     let (w_rs, w_cs) = state.shape.weight_view();
-    let mut dx = vec![0.0f32; m * k];
     // `Wᵀ` as `[n, k]`: the weight's view with its strides swapped.
-    matmul(
-        (m, k, n),
-        &mut dx,
-        (k, 1),
-        false,
-        dy,
-        (n, 1),
-        slice(&state.w),
-        (w_cs, w_rs),
-        true,
-    );
+    let dx = matmul_new((m, k, n), dy, (n, 1), slice(&state.w), (w_cs, w_rs));
     flex_tensor(dx, [m, k])
 }
 
@@ -210,34 +209,13 @@ fn weight_gradient(state: &AffineState, dy: &[f32]) -> FlexTensor {
         transposed,
     } = state.shape;
     let x = slice(&state.x);
-    let mut dw = vec![0.0f32; k * n];
     if transposed {
         // `[n, k] = dyᵀ x`.
-        matmul(
-            (n, k, m),
-            &mut dw,
-            (k, 1),
-            false,
-            dy,
-            (1, n),
-            x,
-            (k, 1),
-            true,
-        );
+        let dw = matmul_new((n, k, m), dy, (1, n), x, (k, 1));
         flex_tensor(dw, [n, k])
     } else {
         // `[k, n] = xᵀ dy`.
-        matmul(
-            (k, n, m),
-            &mut dw,
-            (n, 1),
-            false,
-            x,
-            (1, k),
-            dy,
-            (n, 1),
-            true,
-        );
+        let dw = matmul_new((k, n, m), x, (1, k), dy, (n, 1));
         flex_tensor(dw, [k, n])
     }
 }

@@ -224,8 +224,43 @@ pub fn matmul_f32(
 /// Every view must lie inside its slice (checked by the caller, [`super::matmul`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) unsafe fn sgemm(
-    (m, n, k): (usize, usize, usize),
+    shape: (usize, usize, usize),
     dst: &mut [f32],
+    dst_strides: (usize, usize),
+    read_dst: bool,
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+    parallel: bool,
+) {
+    // SAFETY: forwarded from the caller; `dst` is an exclusive borrow.
+    unsafe {
+        sgemm_ptr(
+            shape,
+            dst.as_mut_ptr(),
+            dst_strides,
+            read_dst,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
+            parallel,
+        )
+    }
+}
+
+/// [`sgemm`] into memory behind a pointer. Without `read_dst`, every element of the `[m, n]`
+/// view is written once before any is read (the first slice of the shared dimension
+/// overwrites, later ones add), so the memory may start uninitialized.
+///
+/// # Safety
+/// As [`sgemm`]; `dst` must be valid for writes (and, with `read_dst`, reads) over the view,
+/// and nothing else may access that memory during the call.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn sgemm_ptr(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
     (dst_rs, dst_cs): (usize, usize),
     read_dst: bool,
     lhs: &[f32],
@@ -241,7 +276,8 @@ pub(crate) unsafe fn sgemm(
         if !read_dst {
             for i in 0..m {
                 for j in 0..n {
-                    dst[i * dst_rs + j * dst_cs] = 0.0;
+                    // SAFETY: inside the view (caller).
+                    unsafe { dst.add(i * dst_rs + j * dst_cs).write(0.0) };
                 }
             }
         }
@@ -258,7 +294,7 @@ pub(crate) unsafe fn sgemm(
         cs: rhs_cs,
     };
     let c = Out {
-        ptr: dst.as_mut_ptr(),
+        ptr: dst,
         rs: dst_rs,
         cs: dst_cs,
     };

@@ -61,24 +61,13 @@ pub(crate) fn matmul(
     (rhs_rs, rhs_cs): (usize, usize),
     parallel: bool,
 ) {
-    let last = |rows: usize, rs: usize, cols: usize, cs: usize| {
-        if rows == 0 || cols == 0 {
-            0
-        } else {
-            (rows - 1) * rs + (cols - 1) * cs + 1
-        }
-    };
-    assert!(
-        dst.len() >= last(m, dst_rs, n, dst_cs),
-        "fused matmul: dst view out of bounds"
-    );
-    assert!(
-        lhs.len() >= last(m, lhs_rs, k, lhs_cs),
-        "fused matmul: lhs view out of bounds"
-    );
-    assert!(
-        rhs.len() >= last(k, rhs_rs, n, rhs_cs),
-        "fused matmul: rhs view out of bounds"
+    check_views(
+        (m, n, k),
+        Some((dst.len(), (dst_rs, dst_cs))),
+        lhs,
+        (lhs_rs, lhs_cs),
+        rhs,
+        (rhs_rs, rhs_cs),
     );
     if !own_matmul() {
         let parallelism = if parallel {
@@ -128,6 +117,74 @@ pub(crate) fn matmul(
             parallel,
         );
     }
+}
+
+/// Panics unless every view of a product lies inside its slice (`dst`: its length and strides).
+fn check_views(
+    (m, n, k): (usize, usize, usize),
+    dst: Option<(usize, (usize, usize))>,
+    lhs: &[f32],
+    (lhs_rs, lhs_cs): (usize, usize),
+    rhs: &[f32],
+    (rhs_rs, rhs_cs): (usize, usize),
+) {
+    let last = |rows: usize, rs: usize, cols: usize, cs: usize| {
+        if rows == 0 || cols == 0 {
+            0
+        } else {
+            (rows - 1) * rs + (cols - 1) * cs + 1
+        }
+    };
+    if let Some((len, (dst_rs, dst_cs))) = dst {
+        assert!(
+            len >= last(m, dst_rs, n, dst_cs),
+            "fused matmul: dst view out of bounds"
+        );
+    }
+    assert!(
+        lhs.len() >= last(m, lhs_rs, k, lhs_cs),
+        "fused matmul: lhs view out of bounds"
+    );
+    assert!(
+        rhs.len() >= last(k, rhs_rs, n, rhs_cs),
+        "fused matmul: rhs view out of bounds"
+    );
+}
+
+/// `lhs * rhs` (`[m, k] x [k, n]`, strided views) into a new row-major `[m, n]` buffer through
+/// lmforge's product on rayon's threads. The buffer is not zero-filled first: the product
+/// writes every element once before reading any (a training step's products would otherwise
+/// spend a pass over memory on zeros).
+///
+/// # Panics
+/// When a view reaches past the end of its slice.
+pub(crate) fn matmul_new(
+    (m, n, k): (usize, usize, usize),
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+) -> Vec<f32> {
+    check_views((m, n, k), None, lhs, lhs_strides, rhs, rhs_strides);
+    let mut out: Vec<f32> = Vec::with_capacity(m * n);
+    // SAFETY: the input views were bounds-checked; the spare capacity holds `m * n` floats,
+    // which the product writes in full without reading first (`read_dst` false: see
+    // `gemm::sgemm_ptr`), so they are initialized when the length is set.
+    unsafe {
+        gemm::sgemm_ptr(
+            (m, n, k),
+            out.spare_capacity_mut().as_mut_ptr().cast::<f32>(),
+            (n, 1),
+            false,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
+            true,
+        );
+        out.set_len(m * n);
+    }
+    out
 }
 
 /// Whether lmforge's own matrix product runs ([`gemm`]): yes, unless the environment variable
