@@ -12,7 +12,9 @@ use rand::{Rng, SeedableRng};
 /// The examples' global allocator: mimalloc keeps freed memory for reuse, where the system
 /// allocator returns each large block (a training step's activations) to the kernel and pays
 /// page faults to get it back on the next step (docs/performance.md has the measurement).
-/// Applications choose their own allocator; lmforge works with any.
+/// Applications choose their own allocator; lmforge works with any. (Not in the test binary
+/// that includes every example as a module: one allocator per program.)
+#[cfg(not(test))]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
