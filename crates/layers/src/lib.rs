@@ -58,4 +58,4 @@ pub use error::LayerError;
 #[cfg(feature = "flex")]
 pub use fused::gemm::matmul_f32;
 
-pub use rows::{linear_rows, on_compute_threads, project_rows};
+pub use rows::{cross_entropy_rows, linear_rows, on_compute_threads, project_rows};

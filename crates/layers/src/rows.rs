@@ -181,3 +181,36 @@ pub fn on_compute_threads<R: Send>(f: impl FnOnce() -> R + Send) -> R {
     }
     f()
 }
+
+/// Cross-entropy of each row of `logits` against its target, as one fused operation on flex:
+/// per row, `loss = (1 - ε) (-log p(target)) + ε (-mean_j log p(j))` with `p` the softmax of the
+/// row and `ε` the label smoothing, and `nll = -log p(target)`; both 0 where the target is
+/// `ignore_index`. `loss` is differentiable (its backward writes `softmax - target
+/// distribution` in one pass per row), `nll` is detached. The rows are spread over rayon's
+/// threads and every sum runs in vectorized lanes. `None` on other devices and dtypes (or
+/// without the `flex` feature), where callers compose the same loss from tensor operations.
+///
+/// # Shapes
+/// - `logits`: `[n, classes]`, `targets`: `[n]`; both outputs `[n]`.
+///
+/// # Panics
+/// When a target is neither a class nor `ignore_index`, or the row counts differ.
+#[cfg_attr(not(feature = "flex"), allow(unused_variables))]
+pub fn cross_entropy_rows(
+    logits: &Tensor<2>,
+    targets: &Tensor<1, burn::tensor::Int>,
+    ignore_index: i64,
+    label_smoothing: f64,
+) -> Option<(Tensor<1>, Tensor<1>)> {
+    #[cfg(feature = "flex")]
+    {
+        crate::fused::cross_entropy::cross_entropy(
+            logits,
+            targets,
+            ignore_index,
+            label_smoothing as f32,
+        )
+    }
+    #[cfg(not(feature = "flex"))]
+    None
+}

@@ -2,7 +2,7 @@
 //! summed loss and the number of counted targets next to the mean.
 
 use burn::tensor::activation::log_softmax;
-use burn::tensor::{Int, Tensor};
+use burn::tensor::{Bool, Int, Tensor};
 
 use crate::error::{ObjectiveError, check};
 
@@ -139,7 +139,9 @@ impl CrossEntropy {
     /// The loss over `n` independent predictions.
     ///
     /// Every target must be the ignore index or lie in `[0, n_classes)`; other values are a
-    /// programming error and give undefined results on backends without bound checks.
+    /// programming error (a panic on flex, undefined results on backends without bound
+    /// checks). On flex the loss runs as one fused operation
+    /// ([`lmforge_layers::cross_entropy_rows`]); elsewhere it is composed from tensor ops.
     ///
     /// # Shapes
     /// - `logits`: `[n, n_classes]`
@@ -148,7 +150,7 @@ impl CrossEntropy {
     /// # Panics
     /// When the first dimensions of `logits` and `targets` differ.
     pub fn forward(&self, logits: Tensor<2>, targets: Tensor<1, Int>) -> LossOutput {
-        let [n, n_classes] = logits.dims();
+        let [n, _] = logits.dims();
         let [n_targets] = targets.dims();
         assert_eq!(
             n, n_targets,
@@ -158,6 +160,34 @@ impl CrossEntropy {
             return LossOutput::empty(logits.sum() * 0.0);
         }
         let ignored = targets.clone().equal_elem(self.ignore_index); // [n]
+        // On flex: log-softmax, the target's term and the smoothing in one fused pass per row.
+        if let Some((per_target, nll)) = lmforge_layers::cross_entropy_rows(
+            &logits,
+            &targets,
+            self.ignore_index,
+            self.label_smoothing,
+        ) {
+            let sum = per_target.sum();
+            let count = ignored.bool_not().int().sum();
+            let loss = sum.clone() / count.clone().float().clamp_min(1.0);
+            return LossOutput {
+                loss,
+                sum,
+                nll_sum: nll.sum().detach(),
+                count,
+            };
+        }
+        self.composed(logits, targets, ignored)
+    }
+
+    /// The loss from tensor operations (every backend), `ignored` marking the ignored targets.
+    fn composed(
+        &self,
+        logits: Tensor<2>,
+        targets: Tensor<1, Int>,
+        ignored: Tensor<1, Bool>,
+    ) -> LossOutput {
+        let [n, n_classes] = logits.dims();
         let safe_targets = targets.mask_fill(ignored.clone(), 0).reshape([n, 1]);
         let log_probs = log_softmax(logits, 1); // [n, n_classes]
         let nll = log_probs.clone().gather(1, safe_targets).neg().reshape([n]);
@@ -241,6 +271,69 @@ mod tests {
         assert_eq!(out.count_value(), 0);
         assert!(CrossEntropy::new().with_label_smoothing(1.5).is_err());
         assert!(CrossEntropy::new().with_label_smoothing(-0.1).is_err());
+    }
+
+    /// The fused loss (flex) equals the composed one in value, NLL and gradient, with ignored
+    /// targets, with and without label smoothing, for rows longer than the vector lanes.
+    #[test]
+    fn fused_equals_composed_values_and_gradients() {
+        let device = reference_device().clone().autodiff();
+        let (n, classes) = (7, 37);
+        let values: Vec<f32> = (0..n * classes)
+            .map(|i| ((i * 7919 % 2003) as f32 / 2003.0 - 0.5) * 6.0)
+            .collect();
+        let labels = vec![3i64, -100, 36, 0, 17, -100, 20];
+        for eps in [0.0, 0.1] {
+            let loss = CrossEntropy::new().with_label_smoothing(eps).unwrap();
+            let run = |fused: bool| {
+                let x =
+                    Tensor::<2>::from_data(TensorData::new(values.clone(), [n, classes]), &device)
+                        .require_grad();
+                let t = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [n]), &device);
+                let out = if fused {
+                    loss.forward(x.clone(), t)
+                } else {
+                    let ignored = t.clone().equal_elem(IGNORE_INDEX);
+                    loss.composed(x.clone(), t, ignored)
+                };
+                let grads = out.loss.backward();
+                let g = x
+                    .grad(&grads)
+                    .unwrap()
+                    .into_data()
+                    .try_into_vec::<f32>()
+                    .unwrap();
+                (
+                    out.loss_value(),
+                    out.sum_value(),
+                    out.nll_sum_value(),
+                    out.count_value(),
+                    g,
+                )
+            };
+            // The fused path exists here (flex is the reference device).
+            let probe = Tensor::<2>::zeros([1, 2], &device);
+            let target = Tensor::<1, Int>::zeros([1], &device);
+            assert!(lmforge_layers::cross_entropy_rows(&probe, &target, -100, eps).is_some());
+            let (fused, composed) = (run(true), run(false));
+            assert_eq!(fused.3, composed.3);
+            for (a, b) in [
+                (fused.0, composed.0),
+                (fused.1, composed.1),
+                (fused.2, composed.2),
+            ] {
+                assert!(
+                    (a - b).abs() <= 1e-5 * (1.0 + b.abs()),
+                    "eps {eps}: {a} vs {b}"
+                );
+            }
+            let worst = fused
+                .4
+                .iter()
+                .zip(&composed.4)
+                .fold(0.0f32, |w, (a, b)| w.max((a - b).abs()));
+            assert!(worst <= 1e-6, "eps {eps}: gradients differ by {worst}");
+        }
     }
 
     #[test]

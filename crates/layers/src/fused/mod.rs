@@ -12,6 +12,7 @@
 pub(crate) mod activation;
 pub(crate) mod affine;
 pub(crate) mod attention;
+pub(crate) mod cross_entropy;
 pub(crate) mod gemm;
 pub(crate) mod layer_norm;
 pub(crate) mod linear;
