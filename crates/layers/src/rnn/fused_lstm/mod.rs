@@ -193,7 +193,9 @@ fn forward(
     // W_hh^T, `[hidden, 4 * hidden]`, packed once for every step of every thread.
     let w_t = Packed::new(hidden, g4, |row, col| w[col * hidden + row]);
     let mut out = vec![0.0f32; batch * (seq + 1) * hidden];
-    let mut gates = vec![0.0f32; batch * seq * g4];
+    // Each step adds `h_prev W_hh^T` to the projected input in place: start from a copy of it
+    // (same layout, `[batch, seq, 4 * hidden]`).
+    let mut gates = xp.to_vec();
     let mut cells = vec![0.0f32; batch * seq * hidden];
     let rows = dims.rows_per_block();
     out.par_chunks_mut(rows * (seq + 1) * hidden)
@@ -208,10 +210,6 @@ fn forward(
             for step in 0..seq {
                 let t = dims.position(step, reverse);
                 let prev = (step > 0).then(|| dims.position(step - 1, reverse));
-                for r in 0..nb {
-                    gates[r * gs + t * g4..][..g4]
-                        .copy_from_slice(&xp[(b0 + r) * gs + t * g4..][..g4]);
-                }
                 // gates[t] += h_prev W_hh^T (reads `out` or `h0`, writes `gates`)
                 let (h_prev, h_rs): (&[f32], usize) = match prev {
                     Some(p) => (&out[p * hidden..], os),
