@@ -246,22 +246,24 @@ impl HeadView {
 const LANES: usize = 16;
 
 simd_dispatch! {
-    /// `row = softmax(scale * row)` over the entries where `keep`, 0 elsewhere (all zeros when
-    /// nothing is kept).
-    fn softmax_row(row: &mut [f32], keep: &[bool], scale: f32) {
+    /// `row = softmax(scale * row + bias)` with `bias` 0 where a key is kept and -∞ where it is
+    /// masked (masked entries get exactly 0; all zeros when nothing is kept). The mask comes
+    /// as floats so every pass is plain vector arithmetic.
+    fn softmax_row(row: &mut [f32], bias: &[f32], scale: f32) {
         let n = row.len();
         let full = n / LANES * LANES;
         let mut lane_max = [f32::NEG_INFINITY; LANES];
-        for (x, k) in row[..full].chunks_exact(LANES).zip(keep[..full].chunks_exact(LANES)) {
+        for (x, m) in row[..full].chunks_exact(LANES).zip(bias[..full].chunks_exact(LANES)) {
             for l in 0..LANES {
-                let v = if k[l] { x[l] * scale } else { f32::NEG_INFINITY };
+                let v = x[l] * scale + m[l];
                 lane_max[l] = if v > lane_max[l] { v } else { lane_max[l] };
             }
         }
         let mut max = f32::NEG_INFINITY;
-        for (&x, &k) in row[full..].iter().zip(&keep[full..]) {
-            if k && x * scale > max {
-                max = x * scale;
+        for (&x, &m) in row[full..].iter().zip(&bias[full..]) {
+            let v = x * scale + m;
+            if v > max {
+                max = v;
             }
         }
         for m in lane_max {
@@ -274,17 +276,17 @@ simd_dispatch! {
             return;
         }
         let mut lane_sum = [0.0f32; LANES];
-        for (x, k) in row[..full].chunks_exact_mut(LANES).zip(keep[..full].chunks_exact(LANES)) {
+        for (x, m) in row[..full].chunks_exact_mut(LANES).zip(bias[..full].chunks_exact(LANES)) {
             for l in 0..LANES {
                 let e = exp(x[l] * scale - max);
-                x[l] = if k[l] { e } else { 0.0 };
+                x[l] = if m[l] == 0.0 { e } else { 0.0 };
                 lane_sum[l] += x[l];
             }
         }
         let mut sum = 0.0f32;
-        for (x, &k) in row[full..].iter_mut().zip(&keep[full..]) {
+        for (x, &m) in row[full..].iter_mut().zip(&bias[full..]) {
             let e = exp(*x * scale - max);
-            *x = if k { e } else { 0.0 };
+            *x = if m == 0.0 { e } else { 0.0 };
             sum += *x;
         }
         sum += lane_sum.iter().sum::<f32>();
@@ -343,7 +345,8 @@ fn forward(
         .zip(probs.par_chunks_mut(heads * seq_q * seq_k))
         .enumerate()
         .for_each(|(b, (out, probs))| {
-            let mut keep = vec![true; seq_k];
+            // 0 for a kept key, -∞ for a masked one.
+            let mut bias = vec![0.0f32; seq_k];
             let masked = mask.is_some() || causal;
             for (h, p) in probs.chunks_mut(seq_q * seq_k).enumerate() {
                 let pair = b * heads + h;
@@ -364,13 +367,30 @@ fn forward(
                 for i in 0..seq_q {
                     let row = &mut p[i * seq_k..][..seq_k];
                     if masked {
-                        for (j, keep) in keep.iter_mut().enumerate() {
-                            let masked = mask.is_some_and(|m| m[(pair * seq_q + i) * seq_k + j])
-                                || (causal && j as isize > i as isize + offset);
-                            *keep = !masked;
+                        // Keys after `last` are in the query's future (causal); `mask` rows
+                        // mark the others.
+                        let last = if causal {
+                            i as isize + offset
+                        } else {
+                            isize::MAX
+                        };
+                        match mask {
+                            Some(m) => {
+                                let m = &m[(pair * seq_q + i) * seq_k..][..seq_k];
+                                for (j, (bias, &masked)) in bias.iter_mut().zip(m).enumerate() {
+                                    let out = masked || j as isize > last;
+                                    *bias = if out { f32::NEG_INFINITY } else { 0.0 };
+                                }
+                            }
+                            None => {
+                                for (j, bias) in bias.iter_mut().enumerate() {
+                                    let out = j as isize > last;
+                                    *bias = if out { f32::NEG_INFINITY } else { 0.0 };
+                                }
+                            }
                         }
                     }
-                    softmax_row(row, &keep, scale);
+                    softmax_row(row, &bias, scale);
                 }
                 // O = P V, rows `heads * d_v` apart
                 let out = &mut out[h * d_v..];
