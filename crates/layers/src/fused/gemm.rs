@@ -174,8 +174,9 @@ impl<const M: usize> Tile for Avx512Tile<M> {
 ///
 /// `a` is `[m, k]`, `b` is `[k, n]` and `c` is `[m, n]`; each `*_strides` pair is `(row stride,
 /// column stride)` in elements, so a transposed operand is the same slice with its strides
-/// swapped, and padded rows are a larger row stride. The micro-kernel is AVX2 + FMA when the
-/// CPU has them, otherwise portable code (`LMFORGE_KERNELS=portable` forces that).
+/// swapped, and padded rows are a larger row stride. The micro-kernel is the widest the CPU
+/// has: AVX-512, AVX2 + FMA, or portable code (`LMFORGE_KERNELS=avx2` caps it at AVX2,
+/// `LMFORGE_KERNELS=portable` forces the portable one).
 ///
 /// # Panics
 /// When a view reaches past the end of its slice.
