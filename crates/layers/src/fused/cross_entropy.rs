@@ -190,7 +190,8 @@ pub(crate) fn cross_entropy(
     ignore: i64,
     eps: f32,
 ) -> Option<(Tensor<1>, Tensor<1>)> {
-    if logits.dtype() != DType::F32 {
+    // No classes (or no rows): nothing to fuse; the composed loss handles the empty shapes.
+    if logits.dtype() != DType::F32 || logits.dims().contains(&0) {
         return None;
     }
     on_autodiff::<NoCheckpointing>(logits, targets, ignore, eps)
