@@ -786,7 +786,9 @@ mod avx512 {
                         // A quarter of the rows asked for two cache lines ahead.
                         let quarter = MR.div_ceil(4);
                         for r in ($j / 4) * quarter..(($j / 4 + 1) * quarter).min(MR) {
-                            _mm_prefetch::<_MM_HINT_T0>(at!(32)(r).cast::<i8>());
+                            _mm_prefetch::<_MM_HINT_T0>(
+                                p[r / 3].wrapping_add((r % 3) * ars + 32).cast::<i8>(),
+                            );
                         }
                         step(&mut acc, b.add($j * NR), at!($j));
                         step(&mut acc, b.add(($j + 1) * NR), at!($j + 1));
