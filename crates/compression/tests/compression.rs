@@ -28,6 +28,10 @@ use lmforge_training::params::parameters;
 use lmforge_training::tasks::CausalLmTask;
 use lmforge_training::{Batches, Progress, Record, Schedule, Trainer, TrainerConfig};
 
+/// Every test here holds this while it runs: models initialise from the device's one random
+/// generator, so a test that seeds it (and compares two runs) must not see another test draw
+/// from it in between (a resumed-training test failed 3 times in 15 runs of the file before
+/// every test took the lock).
 static DEVICE_RNG: Mutex<()> = Mutex::new(());
 
 /// Every float parameter's values, in visiting order.
@@ -169,6 +173,7 @@ fn quantized_logits_size_and_round_trip() {
 /// A damaged or foreign file is a typed error naming the cause; nothing is half-loaded.
 #[test]
 fn quantized_files_refuse_damage_and_other_models() {
+    let _lock = lock();
     let device = reference_device().clone();
     let dir = tmp("damage");
     let file = dir.join("model.safetensors");
@@ -381,6 +386,7 @@ fn gradual_pruning_follows_its_schedule_and_resumes_exactly() {
 /// feed-forward units, and for a BERT classifier.
 #[test]
 fn head_pruning_equals_head_masking() {
+    let _lock = lock();
     let device = reference_device().clone();
     let model = gpt(&device, 21);
     let importance = head_importance(&model);
@@ -455,6 +461,7 @@ fn head_pruning_equals_head_masking() {
 /// logits equal PyTorch's (tests/fixtures/gen_compression.py), at T = 1 and T = 2.5.
 #[test]
 fn distillation_loss_matches_pytorch() {
+    let _lock = lock();
     let fixture = Fixture::load(format!(
         "{}/../../tests/fixtures/compression/distill.safetensors",
         env!("CARGO_MANIFEST_DIR")
@@ -584,6 +591,7 @@ fn layer_weights<M: Module>(model: &M) -> Vec<String> {
 /// float outputs (max |difference| at most 3% of the largest float output).
 #[test]
 fn every_model_type_is_packed_completely() {
+    let _lock = lock();
     use lmforge_models::llama::LlamaConfig;
     use lmforge_models::lstm_lm::LstmLmConfig;
     use lmforge_models::seq2seq::{Seq2SeqConfig, Seq2SeqInput};
@@ -617,7 +625,10 @@ fn every_model_type_is_packed_completely() {
         bert.init_token_classification(3, &device).unwrap(),
     );
     check("qa", bert.init_question_answering(&device).unwrap());
-    let classifier = bert.init_sequence_classification(2, &device).unwrap();
+    // Sixteen labels: the error is measured against the largest logit, and with two labels
+    // (four logits for the two sequences) an unseeded initialisation sometimes gives only
+    // small logits (a relative error of 6% was seen once); the largest of 32 is not small.
+    let classifier = bert.init_sequence_classification(16, &device).unwrap();
     let packed = check("classification", classifier.clone());
     close(
         "classification",
@@ -669,6 +680,7 @@ fn every_model_type_is_packed_completely() {
 /// 2^-10), the integers unchanged.
 #[test]
 fn files_with_f32_int4_scales_still_load() {
+    let _lock = lock();
     use safetensors::tensor::{Dtype, TensorView};
     use std::collections::HashMap;
 
@@ -723,6 +735,7 @@ fn files_with_f32_int4_scales_still_load() {
 /// back into a float model with the packed model's logits (to f32 rounding).
 #[test]
 fn packed_models_export_their_dequantized_weights() {
+    let _lock = lock();
     use lmforge_models::Pretrained;
 
     let device = reference_device().clone();
