@@ -153,197 +153,124 @@ impl Packed {
     }
 }
 
-#[cfg(target_arch = "x86_64")]
-mod wide {
-    use super::{MR, NR, Packed};
-    use std::arch::x86_64::*;
+/// One SIMD build of the step product: module `$name` with `mul` (tiles of `$mr` rows over
+/// every `$nr`-column panel, then one tile for the remaining rows) for the instruction set
+/// `$features`, whose vectors hold `$lanes` floats (`$nr` is two vectors).
+macro_rules! step_product {
+    (
+        $name:ident, $features:literal, $mr:expr, $nr:expr, $lanes:expr, $vector:ty,
+        zero: $zero:ident, load: $load:ident, store: $store:ident, splat: $splat:ident,
+        fma: $fma:ident, rest: [$($rest:literal),*]
+    ) => {
+        #[cfg(target_arch = "x86_64")]
+        mod $name {
+            use super::Packed;
+            use std::arch::x86_64::*;
 
-    #[target_feature(enable = "avx2,fma")]
-    pub(super) fn mul(
-        packed: &Packed,
-        m: usize,
-        a: &[f32],
-        lda: usize,
-        c: &mut [f32],
-        ldc: usize,
-        accumulate: bool,
-    ) {
-        let (k, n) = (packed.k, packed.n);
-        for p in 0..n.div_ceil(NR) {
-            let panel = &packed.panels[p * k * NR..][..k * NR];
-            let cols = NR.min(n - p * NR);
-            let mut row = 0;
-            while row + MR <= m {
-                tile::<MR>(
-                    k,
-                    &a[row * lda..],
-                    lda,
-                    panel,
-                    &mut c[row * ldc + p * NR..],
-                    ldc,
-                    cols,
-                    accumulate,
-                );
-                row += MR;
-            }
-            if row == m {
-                continue;
-            }
-            let c = &mut c[row * ldc + p * NR..];
-            let a = &a[row * lda..];
-            match m - row {
-                1 => tile::<1>(k, a, lda, panel, c, ldc, cols, accumulate),
-                2 => tile::<2>(k, a, lda, panel, c, ldc, cols, accumulate),
-                _ => tile::<3>(k, a, lda, panel, c, ldc, cols, accumulate),
-            }
-        }
-    }
+            const MR: usize = $mr;
+            const NR: usize = $nr;
 
-    /// `R` rows of `c` (`cols <= 16` columns) from `R` rows of `a` and one panel.
-    #[target_feature(enable = "avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    fn tile<const R: usize>(
-        k: usize,
-        a: &[f32],
-        lda: usize,
-        panel: &[f32],
-        c: &mut [f32],
-        ldc: usize,
-        cols: usize,
-        accumulate: bool,
-    ) {
-        assert!(panel.len() >= k * NR && a.len() >= (R - 1) * lda + k);
-        assert!(c.len() >= (R - 1) * ldc + cols);
-        let mut acc = [[_mm256_setzero_ps(); 2]; R];
-        let (a, b) = (a.as_ptr(), panel.as_ptr());
-        for kk in 0..k {
-            // SAFETY: `kk < k`, and the asserts above bound every row of `a` and the panel.
-            unsafe {
-                let b0 = _mm256_loadu_ps(b.add(kk * NR));
-                let b1 = _mm256_loadu_ps(b.add(kk * NR + 8));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let av = _mm256_broadcast_ss(&*a.add(r * lda + kk));
-                    acc[0] = _mm256_fmadd_ps(av, b0, acc[0]);
-                    acc[1] = _mm256_fmadd_ps(av, b1, acc[1]);
+            #[target_feature(enable = $features)]
+            pub(super) fn mul(
+                packed: &Packed,
+                m: usize,
+                a: &[f32],
+                lda: usize,
+                c: &mut [f32],
+                ldc: usize,
+                accumulate: bool,
+            ) {
+                let (k, n) = (packed.k, packed.n);
+                for p in 0..n.div_ceil(NR) {
+                    let panel = &packed.panels[p * k * NR..][..k * NR];
+                    let cols = NR.min(n - p * NR);
+                    let mut row = 0;
+                    while row + MR <= m {
+                        tile::<MR>(
+                            k,
+                            &a[row * lda..],
+                            lda,
+                            panel,
+                            &mut c[row * ldc + p * NR..],
+                            ldc,
+                            cols,
+                            accumulate,
+                        );
+                        row += MR;
+                    }
+                    if row == m {
+                        continue;
+                    }
+                    let c = &mut c[row * ldc + p * NR..];
+                    let a = &a[row * lda..];
+                    match m - row {
+                        $($rest => tile::<$rest>(k, a, lda, panel, c, ldc, cols, accumulate),)*
+                        _ => unreachable!("fewer than {MR} rows remain"),
+                    }
+                }
+            }
+
+            /// `R` rows of `c` (`cols <= NR` columns) from `R` rows of `a` and one panel.
+            #[target_feature(enable = $features)]
+            #[allow(clippy::too_many_arguments)]
+            fn tile<const R: usize>(
+                k: usize,
+                a: &[f32],
+                lda: usize,
+                panel: &[f32],
+                c: &mut [f32],
+                ldc: usize,
+                cols: usize,
+                accumulate: bool,
+            ) {
+                assert!(panel.len() >= k * NR && a.len() >= (R - 1) * lda + k);
+                assert!(c.len() >= (R - 1) * ldc + cols);
+                let mut acc: [[$vector; 2]; R] = [[$zero(); 2]; R];
+                let (a, b) = (a.as_ptr(), panel.as_ptr());
+                for kk in 0..k {
+                    // SAFETY: `kk < k`, and the asserts above bound every row of `a` and the
+                    // panel.
+                    unsafe {
+                        let b0 = $load(b.add(kk * NR));
+                        let b1 = $load(b.add(kk * NR + $lanes));
+                        for (r, acc) in acc.iter_mut().enumerate() {
+                            let av = $splat(*a.add(r * lda + kk));
+                            acc[0] = $fma(av, b0, acc[0]);
+                            acc[1] = $fma(av, b1, acc[1]);
+                        }
+                    }
+                }
+                for (r, acc) in acc.iter().enumerate() {
+                    let row = &mut c[r * ldc..][..cols];
+                    let mut out = [0.0f32; NR];
+                    // SAFETY: `out` holds `NR` floats, two vectors.
+                    unsafe {
+                        $store(out.as_mut_ptr(), acc[0]);
+                        $store(out.as_mut_ptr().add($lanes), acc[1]);
+                    }
+                    if accumulate {
+                        for (c, v) in row.iter_mut().zip(out) {
+                            *c += v;
+                        }
+                    } else {
+                        row.copy_from_slice(&out[..cols]);
+                    }
                 }
             }
         }
-        for (r, acc) in acc.iter().enumerate() {
-            let row = &mut c[r * ldc..][..cols];
-            let mut out = [0.0f32; NR];
-            // SAFETY: `out` holds 16 floats.
-            unsafe {
-                _mm256_storeu_ps(out.as_mut_ptr(), acc[0]);
-                _mm256_storeu_ps(out.as_mut_ptr().add(8), acc[1]);
-            }
-            if accumulate {
-                for (c, v) in row.iter_mut().zip(out) {
-                    *c += v;
-                }
-            } else {
-                row.copy_from_slice(&out[..cols]);
-            }
-        }
-    }
+    };
 }
 
-#[cfg(target_arch = "x86_64")]
-mod wide512 {
-    use super::{MR_512 as MR, NR_512 as NR, Packed};
-    use std::arch::x86_64::*;
-
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    pub(super) fn mul(
-        packed: &Packed,
-        m: usize,
-        a: &[f32],
-        lda: usize,
-        c: &mut [f32],
-        ldc: usize,
-        accumulate: bool,
-    ) {
-        let (k, n) = (packed.k, packed.n);
-        for p in 0..n.div_ceil(NR) {
-            let panel = &packed.panels[p * k * NR..][..k * NR];
-            let cols = NR.min(n - p * NR);
-            let mut row = 0;
-            while row + MR <= m {
-                tile::<MR>(
-                    k,
-                    &a[row * lda..],
-                    lda,
-                    panel,
-                    &mut c[row * ldc + p * NR..],
-                    ldc,
-                    cols,
-                    accumulate,
-                );
-                row += MR;
-            }
-            if row == m {
-                continue;
-            }
-            let c = &mut c[row * ldc + p * NR..];
-            let a = &a[row * lda..];
-            match m - row {
-                1 => tile::<1>(k, a, lda, panel, c, ldc, cols, accumulate),
-                2 => tile::<2>(k, a, lda, panel, c, ldc, cols, accumulate),
-                3 => tile::<3>(k, a, lda, panel, c, ldc, cols, accumulate),
-                4 => tile::<4>(k, a, lda, panel, c, ldc, cols, accumulate),
-                5 => tile::<5>(k, a, lda, panel, c, ldc, cols, accumulate),
-                6 => tile::<6>(k, a, lda, panel, c, ldc, cols, accumulate),
-                _ => tile::<7>(k, a, lda, panel, c, ldc, cols, accumulate),
-            }
-        }
-    }
-
-    /// `R` rows of `c` (`cols <= 32` columns) from `R` rows of `a` and one panel.
-    #[target_feature(enable = "avx512f,avx2,fma")]
-    #[allow(clippy::too_many_arguments)]
-    fn tile<const R: usize>(
-        k: usize,
-        a: &[f32],
-        lda: usize,
-        panel: &[f32],
-        c: &mut [f32],
-        ldc: usize,
-        cols: usize,
-        accumulate: bool,
-    ) {
-        assert!(panel.len() >= k * NR && a.len() >= (R - 1) * lda + k);
-        assert!(c.len() >= (R - 1) * ldc + cols);
-        let mut acc = [[_mm512_setzero_ps(); 2]; R];
-        let (a, b) = (a.as_ptr(), panel.as_ptr());
-        for kk in 0..k {
-            // SAFETY: `kk < k`, and the asserts above bound every row of `a` and the panel.
-            unsafe {
-                let b0 = _mm512_loadu_ps(b.add(kk * NR));
-                let b1 = _mm512_loadu_ps(b.add(kk * NR + 16));
-                for (r, acc) in acc.iter_mut().enumerate() {
-                    let av = _mm512_set1_ps(*a.add(r * lda + kk));
-                    acc[0] = _mm512_fmadd_ps(av, b0, acc[0]);
-                    acc[1] = _mm512_fmadd_ps(av, b1, acc[1]);
-                }
-            }
-        }
-        for (r, acc) in acc.iter().enumerate() {
-            let row = &mut c[r * ldc..][..cols];
-            let mut out = [0.0f32; NR];
-            // SAFETY: `out` holds 32 floats.
-            unsafe {
-                _mm512_storeu_ps(out.as_mut_ptr(), acc[0]);
-                _mm512_storeu_ps(out.as_mut_ptr().add(16), acc[1]);
-            }
-            if accumulate {
-                for (c, v) in row.iter_mut().zip(out) {
-                    *c += v;
-                }
-            } else {
-                row.copy_from_slice(&out[..cols]);
-            }
-        }
-    }
-}
+step_product!(
+    wide, "avx2,fma", super::MR, super::NR, 8, __m256,
+    zero: _mm256_setzero_ps, load: _mm256_loadu_ps, store: _mm256_storeu_ps,
+    splat: _mm256_set1_ps, fma: _mm256_fmadd_ps, rest: [1, 2, 3]
+);
+step_product!(
+    wide512, "avx512f,avx2,fma", super::MR_512, super::NR_512, 16, __m512,
+    zero: _mm512_setzero_ps, load: _mm512_loadu_ps, store: _mm512_storeu_ps,
+    splat: _mm512_set1_ps, fma: _mm512_fmadd_ps, rest: [1, 2, 3, 4, 5, 6, 7]
+);
 
 #[cfg(test)]
 mod tests {
