@@ -148,13 +148,13 @@ impl Backward<Flex, 1> for CrossEntropyBackward {
     }
 }
 
-/// The targets read back to the host: `None` for the ignore index.
+/// The targets of `[n, classes]` logits read back to the host: `None` for the ignore index.
 ///
 /// # Panics
-/// When a target is neither the ignore index nor a class.
+/// When there is not one target per row, or a target is neither the ignore index nor a class.
 fn host_targets(
     targets: &Tensor<1, Int>,
-    classes: usize,
+    [n, classes]: [usize; 2],
     ignore: i64,
 ) -> Option<Vec<Option<usize>>> {
     let values = targets
@@ -163,6 +163,7 @@ fn host_targets(
         .convert::<i64>()
         .try_to_vec::<i64>()
         .ok()?;
+    assert_eq!(values.len(), n, "cross-entropy: one target per row");
     Some(
         values
             .into_iter()
@@ -199,8 +200,7 @@ pub(crate) fn cross_entropy(
         .or_else(|| {
             let x = contiguous(logits.clone().try_into_primitive::<Flex>().ok()?);
             let [n, classes] = logits.dims();
-            let targets = host_targets(targets, classes, ignore)?;
-            assert_eq!(targets.len(), n, "cross-entropy: one target per row");
+            let targets = host_targets(targets, [n, classes], ignore)?;
             let rows = forward(slice(&x), classes, &targets, eps);
             Some((
                 Tensor::from_primitive::<Flex>(flex_tensor(rows.loss, [n])),
@@ -223,8 +223,7 @@ where
         .try_into_primitive::<Autodiff<Flex, C>>()
         .ok()?;
     let [n, classes] = logits.dims();
-    let targets = host_targets(targets, classes, ignore)?;
-    assert_eq!(targets.len(), n, "cross-entropy: one target per row");
+    let targets = host_targets(targets, [n, classes], ignore)?;
     let guard = x.node();
     let x = contiguous(x.into_primitive());
     let rows = forward(slice(&x), classes, &targets, eps);

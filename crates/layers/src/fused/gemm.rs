@@ -330,9 +330,8 @@ unsafe fn blocked<T: Tile>(
     threads: usize,
 ) {
     let (mr, nr) = (T::MR, T::NR);
-    let (kc_step, mc_max) = (KC, MC_MAX);
     // Row blocks: a multiple of the thread count when there is more than one.
-    let mut m_blocks = m.div_ceil(mc_max);
+    let mut m_blocks = m.div_ceil(MC_MAX);
     if threads > 1 && m_blocks > 1 {
         m_blocks = m_blocks.div_ceil(threads) * threads;
     }
@@ -353,8 +352,8 @@ unsafe fn blocked<T: Tile>(
         let n_splits = panels.div_ceil(panels_per_split);
         with_buffer(&B_PACK, k * panels * nr, |bp| {
             // Slice `pc..pc + kc` of the shared dimension starts at `pc * panels * nr`.
-            for pc in (0..k).step_by(kc_step) {
-                let kc = kc_step.min(k - pc);
+            for pc in (0..k).step_by(KC) {
+                let kc = KC.min(k - pc);
                 let slice = &mut bp[pc * panels * nr..][..kc * panels * nr];
                 // SAFETY: the caller guarantees the view of `B` is in bounds.
                 let pack = |(p, panel): (usize, &mut [f32])| unsafe {
@@ -376,9 +375,9 @@ unsafe fn blocked<T: Tile>(
                 let p0 = split * panels_per_split;
                 let p1 = panels.min(p0 + panels_per_split);
                 let row_panels = rows.div_ceil(mr);
-                with_buffer(&A_PACK, row_panels * kc_step.min(k) * mr, |ap| {
-                    for pc in (0..k).step_by(kc_step) {
-                        let kc = kc_step.min(k - pc);
+                with_buffer(&A_PACK, row_panels * KC.min(k) * mr, |ap| {
+                    for pc in (0..k).step_by(KC) {
+                        let kc = KC.min(k - pc);
                         let ap = &mut ap[..row_panels * kc * mr];
                         let slice = &bp[pc * panels * nr..][..kc * panels * nr];
                         let accumulate = read_dst || pc > 0;
