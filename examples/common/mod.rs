@@ -18,9 +18,30 @@ use rand::{Rng, SeedableRng};
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// Tells the examples' mimalloc to keep freed memory committed instead of purging it after a
+/// delay: a training step frees and reallocates the same activations and gradients, and each
+/// purged block comes back as freshly faulted, kernel-zeroed huge pages on the next step
+/// (measured on the BERT case: 17 000 page faults in 12 steps before, 500 after; about 4% of
+/// the step). A `MIMALLOC_PURGE_DELAY` set in the environment is left as it is. Called by
+/// [`training_device`].
+fn keep_freed_memory() {
+    // mimalloc 3's `mi_option_purge_delay` (its position in `mi_option_e`, mimalloc.h; the
+    // default is 1000 ms); -1 turns purging off.
+    #[cfg(not(test))]
+    // SAFETY: plain version and option accessors of the linked mimalloc.
+    unsafe {
+        const PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
+        let major = libmimalloc_sys::mi_version() / 10_000;
+        if major == 3 && std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
+            libmimalloc_sys::mi_option_set(PURGE_DELAY, -1);
+        }
+    }
+}
+
 /// The autodiff device for `name` (`flex`, `ndarray`, `wgpu`, ...), or the `LMFORGE_DEVICE`
 /// variable, or the build's default backend; prints what was chosen.
 pub fn training_device(name: Option<&str>, quiet: bool) -> Result<Device> {
+    keep_freed_memory();
     let selected = lmforge::device::select_named(name)?;
     if !quiet {
         println!("device: {selected}");
