@@ -127,6 +127,23 @@ trait Tile {
     /// The CPU has the tile's instructions; `a` covers `MR` rows and `kc` columns, `b` holds
     /// `kc * NR` floats; `out` covers `MR` rows of `NR` floats at row stride `rs`.
     unsafe fn micro(kc: usize, a: View, b: *const f32, out: *mut f32, rs: usize, acc: bool);
+    /// Packs rows `i0..i0 + rows` of `A`, depth `pc..pc + kc`, into panels of `[kc][MR]`.
+    ///
+    /// # Safety
+    /// The CPU has the tile's instructions; the rows and depth lie inside `A`'s view.
+    unsafe fn pack_a(a: View, i0: usize, rows: usize, pc: usize, kc: usize, out: &mut [f32]) {
+        // SAFETY: forwarded from the caller.
+        unsafe { pack_a(Self::MR, a, i0, rows, pc, kc, out) }
+    }
+    /// Packs columns `j0..j0 + cols` of `B` (`cols <= NR`), depth `pc..pc + kc`, into
+    /// `[kc][NR]`.
+    ///
+    /// # Safety
+    /// The CPU has the tile's instructions; the columns and depth lie inside `B`'s view.
+    unsafe fn pack_b(b: View, pc: usize, kc: usize, j0: usize, cols: usize, panel: &mut [f32]) {
+        // SAFETY: forwarded from the caller.
+        unsafe { pack_b(Self::NR, b, pc, kc, j0, cols, panel) }
+    }
 }
 
 /// The portable tile.
@@ -153,6 +170,14 @@ impl Tile for Avx2Tile {
         // SAFETY: forwarded from the caller (the CPU has AVX2 and FMA).
         unsafe { avx2::micro(kc, a, b, out, rs, acc) }
     }
+    unsafe fn pack_a(a: View, i0: usize, rows: usize, pc: usize, kc: usize, out: &mut [f32]) {
+        // SAFETY: forwarded from the caller (the CPU has AVX2 and FMA).
+        unsafe { avx2::pack_a(a, i0, rows, pc, kc, out) }
+    }
+    unsafe fn pack_b(b: View, pc: usize, kc: usize, j0: usize, cols: usize, panel: &mut [f32]) {
+        // SAFETY: forwarded from the caller (the CPU has AVX2 and FMA).
+        unsafe { avx2::pack_b(b, pc, kc, j0, cols, panel) }
+    }
 }
 
 /// The AVX-512 tile of `M` rows.
@@ -166,6 +191,14 @@ impl<const M: usize> Tile for Avx512Tile<M> {
     unsafe fn micro(kc: usize, a: View, b: *const f32, out: *mut f32, rs: usize, acc: bool) {
         // SAFETY: forwarded from the caller (the CPU has AVX-512 F).
         unsafe { avx512::micro::<M>(kc, a, b, out, rs, acc) }
+    }
+    unsafe fn pack_a(a: View, i0: usize, rows: usize, pc: usize, kc: usize, out: &mut [f32]) {
+        // SAFETY: forwarded from the caller (the CPU has AVX-512 F).
+        unsafe { avx512::pack_a::<M>(a, i0, rows, pc, kc, out) }
+    }
+    unsafe fn pack_b(b: View, pc: usize, kc: usize, j0: usize, cols: usize, panel: &mut [f32]) {
+        // SAFETY: forwarded from the caller (the CPU has AVX-512 F).
+        unsafe { avx512::pack_b(b, pc, kc, j0, cols, panel) }
     }
 }
 
@@ -357,7 +390,7 @@ unsafe fn blocked<T: Tile>(
                 let slice = &mut bp[pc * panels * nr..][..kc * panels * nr];
                 // SAFETY: the caller guarantees the view of `B` is in bounds.
                 let pack = |(p, panel): (usize, &mut [f32])| unsafe {
-                    pack_b::<T>(b, pc, kc, jc + p * nr, nr.min(nc - p * nr), panel)
+                    T::pack_b(b, pc, kc, jc + p * nr, nr.min(nc - p * nr), panel)
                 };
                 if threads > 1 && panels >= 4 {
                     slice.par_chunks_mut(kc * nr).enumerate().for_each(pack);
@@ -391,7 +424,7 @@ unsafe fn blocked<T: Tile>(
                             if in_place {
                                 if !rows.is_multiple_of(mr) {
                                     let q = rows / mr;
-                                    pack_a::<T>(
+                                    T::pack_a(
                                         a,
                                         i0 + q * mr,
                                         rows - q * mr,
@@ -401,7 +434,7 @@ unsafe fn blocked<T: Tile>(
                                     );
                                 }
                             } else {
-                                pack_a::<T>(a, i0, rows, pc, kc, ap);
+                                T::pack_a(a, i0, rows, pc, kc, ap);
                             }
                             for p in p0..p1 {
                                 let j = jc + p * nr;
@@ -448,13 +481,22 @@ unsafe fn blocked<T: Tile>(
     }
 }
 
-/// Packs rows `i0..i0 + rows` of `A`, depth `pc..pc + kc`, into panels of `[kc][mr]`.
+/// Packs rows `i0..i0 + rows` of `A`, depth `pc..pc + kc`, into panels of `[kc][mr]`. Inlined
+/// into each tile's packing, so `mr` is a constant there and the copies compile to vector
+/// moves of the tile's instruction set.
 ///
 /// # Safety
 /// The rows and depth must lie inside `A`'s view.
-unsafe fn pack_a<T: Tile>(a: View, i0: usize, rows: usize, pc: usize, kc: usize, out: &mut [f32]) {
-    // A constant for each tile, so the copies below compile to vector moves.
-    let mr = T::MR;
+#[inline(always)]
+unsafe fn pack_a(
+    mr: usize,
+    a: View,
+    i0: usize,
+    rows: usize,
+    pc: usize,
+    kc: usize,
+    out: &mut [f32],
+) {
     let panels = rows.div_ceil(mr);
     // SAFETY (both branches): `i0 + r < i0 + rows` and `pc + kk < pc + kc`, inside the view.
     if a.cs == 1 {
@@ -507,10 +549,13 @@ unsafe fn pack_a<T: Tile>(a: View, i0: usize, rows: usize, pc: usize, kc: usize,
 }
 
 /// Packs columns `j0..j0 + cols` of `B` (`cols <= nr`), depth `pc..pc + kc`, into `[kc][nr]`.
+/// Inlined into each tile's packing, as [`pack_a`].
 ///
 /// # Safety
 /// The columns and depth must lie inside `B`'s view.
-unsafe fn pack_b<T: Tile>(
+#[inline(always)]
+unsafe fn pack_b(
+    nr: usize,
     b: View,
     pc: usize,
     kc: usize,
@@ -518,7 +563,6 @@ unsafe fn pack_b<T: Tile>(
     cols: usize,
     panel: &mut [f32],
 ) {
-    let nr = T::NR;
     // SAFETY: `j0 + j < j0 + cols` and `pc + kk < pc + kc`, inside the view.
     unsafe {
         if b.cs == 1 {
@@ -568,24 +612,26 @@ unsafe fn tile<T: Tile>(
 ) {
     // SAFETY: the tile is inside the view (caller).
     let at = unsafe { c.ptr.add(i * c.rs + j * c.cs) };
-    let full = rows == T::MR && cols == T::NR && c.cs == 1;
-    let mut scratch = [0.0f32; MR_MAX * NR_MAX];
-    let (out, rs, acc) = if full {
-        (at, c.rs, accumulate)
-    } else {
-        (scratch.as_mut_ptr(), T::NR, false)
-    };
-    // SAFETY: the operands hold `kc` steps; `out` covers a full tile (caller).
-    unsafe { T::micro(kc, a, bpanel, out, rs, acc) };
-    if !full {
-        for r in 0..rows {
-            for col in 0..cols {
-                // SAFETY: `r < rows`, `col < cols`: inside the tile.
-                unsafe {
-                    let d = at.add(r * c.rs + col * c.cs);
-                    let v = scratch[r * T::NR + col];
-                    *d = if accumulate { *d + v } else { v };
-                }
+    if rows == T::MR && cols == T::NR && c.cs == 1 {
+        // SAFETY: the operands hold `kc` steps; the tile of `C` is whole (caller).
+        unsafe { T::micro(kc, a, bpanel, at, c.rs, accumulate) };
+        return;
+    }
+    // A partial tile (or a strided `C`): computed whole into a scratch tile (which the
+    // micro-kernel writes completely, so it starts uninitialised: zeroing 1.5 KiB per tile
+    // was a visible share of short products), then copied out.
+    let mut scratch = std::mem::MaybeUninit::<[f32; MR_MAX * NR_MAX]>::uninit();
+    let tile = scratch.as_mut_ptr().cast::<f32>();
+    // SAFETY: the operands hold `kc` steps; the scratch tile holds `MR x NR` floats.
+    unsafe { T::micro(kc, a, bpanel, tile, T::NR, false) };
+    for r in 0..rows {
+        for col in 0..cols {
+            // SAFETY: `r < rows`, `col < cols`: inside the tile of `C` and inside the part of
+            // the scratch tile the micro-kernel wrote.
+            unsafe {
+                let d = at.add(r * c.rs + col * c.cs);
+                let v = *tile.add(r * T::NR + col);
+                *d = if accumulate { *d + v } else { v };
             }
         }
     }
@@ -636,6 +682,40 @@ mod avx2 {
 
     const MR: usize = 6;
     const NR: usize = 16;
+
+    /// [`super::pack_a`] for this tile, compiled for AVX2.
+    ///
+    /// # Safety
+    /// As [`super::Tile::pack_a`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn pack_a(
+        a: View,
+        i0: usize,
+        rows: usize,
+        pc: usize,
+        kc: usize,
+        out: &mut [f32],
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { super::pack_a(MR, a, i0, rows, pc, kc, out) }
+    }
+
+    /// [`super::pack_b`] for this tile, compiled for AVX2.
+    ///
+    /// # Safety
+    /// As [`super::Tile::pack_b`].
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn pack_b(
+        b: View,
+        pc: usize,
+        kc: usize,
+        j0: usize,
+        cols: usize,
+        panel: &mut [f32],
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { super::pack_b(NR, b, pc, kc, j0, cols, panel) }
+    }
 
     /// The `6 x 16` tile in twelve registers; `k` unrolled by four.
     ///
@@ -718,6 +798,116 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     const NR: usize = 32;
+
+    /// [`super::pack_a`] for the `MR`-row tile, compiled for AVX-512.
+    ///
+    /// # Safety
+    /// As [`super::Tile::pack_a`].
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn pack_a<const MR: usize>(
+        a: View,
+        i0: usize,
+        rows: usize,
+        pc: usize,
+        kc: usize,
+        out: &mut [f32],
+    ) {
+        // SAFETY: forwarded from the caller.
+        unsafe { super::pack_a(MR, a, i0, rows, pc, kc, out) }
+    }
+
+    /// Transposes the 16 x 16 block held in `r` (row `i` in `r[i]`) in place: 64 in-register
+    /// shuffles (pairs of rows interleaved by 32 bits, then by 64 bits, then 128-bit lanes
+    /// gathered twice).
+    #[inline(always)]
+    unsafe fn transpose16(r: &mut [__m512; 16]) {
+        // SAFETY: register operations only (the caller's function enables AVX-512 F).
+        unsafe {
+            let mut t = [_mm512_setzero_ps(); 16];
+            for i in 0..8 {
+                t[2 * i] = _mm512_unpacklo_ps(r[2 * i], r[2 * i + 1]);
+                t[2 * i + 1] = _mm512_unpackhi_ps(r[2 * i], r[2 * i + 1]);
+            }
+            // u[4g + e], 128-bit lane l: element 4l + e of rows 4g..4g + 4.
+            let mut u = [_mm512_setzero_ps(); 16];
+            for g in 0..4 {
+                let (lo0, hi0) = (_mm512_castps_pd(t[4 * g]), _mm512_castps_pd(t[4 * g + 1]));
+                let (lo1, hi1) = (
+                    _mm512_castps_pd(t[4 * g + 2]),
+                    _mm512_castps_pd(t[4 * g + 3]),
+                );
+                u[4 * g] = _mm512_castpd_ps(_mm512_unpacklo_pd(lo0, lo1));
+                u[4 * g + 1] = _mm512_castpd_ps(_mm512_unpackhi_pd(lo0, lo1));
+                u[4 * g + 2] = _mm512_castpd_ps(_mm512_unpacklo_pd(hi0, hi1));
+                u[4 * g + 3] = _mm512_castpd_ps(_mm512_unpackhi_pd(hi0, hi1));
+            }
+            // Output row 4l + e: lane l of u[e], u[4 + e], u[8 + e], u[12 + e].
+            for e in 0..4 {
+                let v0 = _mm512_shuffle_f32x4::<0b01_00_01_00>(u[e], u[4 + e]);
+                let v1 = _mm512_shuffle_f32x4::<0b11_10_11_10>(u[e], u[4 + e]);
+                let w0 = _mm512_shuffle_f32x4::<0b01_00_01_00>(u[8 + e], u[12 + e]);
+                let w1 = _mm512_shuffle_f32x4::<0b11_10_11_10>(u[8 + e], u[12 + e]);
+                r[e] = _mm512_shuffle_f32x4::<0b10_00_10_00>(v0, w0);
+                r[4 + e] = _mm512_shuffle_f32x4::<0b11_01_11_01>(v0, w0);
+                r[8 + e] = _mm512_shuffle_f32x4::<0b10_00_10_00>(v1, w1);
+                r[12 + e] = _mm512_shuffle_f32x4::<0b11_01_11_01>(v1, w1);
+            }
+        }
+    }
+
+    /// [`super::pack_b`] for the 32-column tile, compiled for AVX-512. A column-major `B`
+    /// (unit row stride: the attention's `Kᵀ`, a linear layer's `Wᵀ` in the input gradient,
+    /// tied output layers) is packed 16 columns by 16 steps at a time: sixteen contiguous
+    /// loads down the columns, transposed in registers, sixteen stores along the panel.
+    ///
+    /// # Safety
+    /// As [`super::Tile::pack_b`].
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn pack_b(
+        b: View,
+        pc: usize,
+        kc: usize,
+        j0: usize,
+        cols: usize,
+        panel: &mut [f32],
+    ) {
+        if b.rs != 1 || b.cs == 1 {
+            // SAFETY: forwarded from the caller.
+            return unsafe { super::pack_b(NR, b, pc, kc, j0, cols, panel) };
+        }
+        let blocks = kc / 16;
+        assert!(panel.len() >= kc * NR);
+        let out = panel.as_mut_ptr();
+        // SAFETY: column `j0 + c < j0 + cols` and depth `pc + kk < pc + kc` lie inside the
+        // view (caller); stores stay inside the `kc * NR` panel (checked above).
+        unsafe {
+            for half in 0..NR / 16 {
+                let c0 = half * 16;
+                for block in 0..blocks {
+                    let k0 = block * 16;
+                    let mut r = [_mm512_setzero_ps(); 16];
+                    for (c, r) in r.iter_mut().enumerate() {
+                        if c0 + c < cols {
+                            *r = _mm512_loadu_ps(b.ptr.add((j0 + c0 + c) * b.cs + pc + k0));
+                        }
+                    }
+                    transpose16(&mut r);
+                    for (q, r) in r.iter().enumerate() {
+                        _mm512_storeu_ps(out.add((k0 + q) * NR + c0), *r);
+                    }
+                }
+            }
+            for kk in blocks * 16..kc {
+                for j in 0..NR {
+                    *out.add(kk * NR + j) = if j < cols {
+                        *b.ptr.add((j0 + j) * b.cs + pc + kk)
+                    } else {
+                        0.0
+                    };
+                }
+            }
+        }
+    }
 
     /// `acc[r] += a_r * b[0..32]` for the `MR` rows of one step, `a_r` read at `row(r)`.
     #[inline(always)]
