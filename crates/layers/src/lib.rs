@@ -58,4 +58,6 @@ pub use error::LayerError;
 #[cfg(feature = "flex")]
 pub use fused::gemm::matmul_f32;
 
-pub use rows::{cross_entropy_rows, linear_rows, on_compute_threads, project_rows};
+pub use rows::{
+    AdamWStep, adamw_step, cross_entropy_rows, linear_rows, on_compute_threads, project_rows,
+};

@@ -214,3 +214,65 @@ pub fn cross_entropy_rows(
     #[cfg(not(feature = "flex"))]
     None
 }
+
+/// The scalars of one AdamW step for [`adamw_step`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamWStep {
+    /// First-moment decay.
+    pub beta_1: f32,
+    /// Second-moment decay.
+    pub beta_2: f32,
+    /// Added to the square root of the corrected second moment.
+    pub epsilon: f32,
+    /// The step's number, from 1 (bias corrections `1 - beta^time`).
+    pub time: i32,
+    /// Learning rate.
+    pub lr: f64,
+    /// Decoupled weight decay (`param *= 1 - lr * weight_decay`; 0 for none).
+    pub weight_decay: f64,
+}
+
+/// One AdamW update of `param` from `grad` as a single fused pass on flex, spread over rayon's
+/// threads: returns the new parameter and the new first and second moments. `moments` are the
+/// previous step's (`None` on the first step, `time` 1). Each element goes through the same
+/// `f32` operations, in the same order, as burn's composed `AdamW` (and PyTorch's
+/// `torch.optim.AdamW` with `amsgrad=False`):
+///
+/// ```text
+/// m = beta_1 m + (1 - beta_1) g            v = beta_2 v + (1 - beta_2) g²
+/// param = param (1 - lr weight_decay) - lr (m / (1 - beta_1^t)) / (sqrt(v / (1 - beta_2^t)) + epsilon)
+/// ```
+///
+/// `None` on other devices and dtypes (or without the `flex` feature), where callers compose
+/// the update from tensor operations.
+///
+/// # Panics
+/// When the gradient or the moments do not have the parameter's number of elements.
+#[cfg_attr(not(feature = "flex"), allow(unused_variables))]
+pub fn adamw_step<const D: usize>(
+    param: Tensor<D>,
+    grad: Tensor<D>,
+    moments: Option<(Tensor<D>, Tensor<D>)>,
+    step: AdamWStep,
+) -> Option<(Tensor<D>, Tensor<D>, Tensor<D>)> {
+    #[cfg(feature = "flex")]
+    {
+        let decay_rate = step.lr * step.weight_decay;
+        crate::fused::adamw::adamw(
+            param,
+            grad,
+            moments,
+            crate::fused::adamw::Step {
+                beta_1: step.beta_1,
+                beta_2: step.beta_2,
+                epsilon: step.epsilon,
+                correction_1: 1.0 - step.beta_1.powi(step.time),
+                correction_2: 1.0 - step.beta_2.powi(step.time),
+                decay: (decay_rate != 0.0).then_some((1.0 - decay_rate) as f32),
+                lr: step.lr as f32,
+            },
+        )
+    }
+    #[cfg(not(feature = "flex"))]
+    None
+}

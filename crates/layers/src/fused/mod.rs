@@ -10,6 +10,7 @@
 //! the two paths value for value and gradient for gradient.
 
 pub(crate) mod activation;
+pub(crate) mod adamw;
 pub(crate) mod affine;
 pub(crate) mod attention;
 pub(crate) mod cross_entropy;
