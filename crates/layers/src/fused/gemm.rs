@@ -350,6 +350,154 @@ pub(crate) unsafe fn sgemm_ptr(
     }
 }
 
+/// Columns per packed `B` panel of the micro-kernel the CPU runs (32 with AVX-512, 16
+/// otherwise): the layout [`mul_panels`] reads.
+pub(crate) fn panel_width() -> usize {
+    match Kernel::select() {
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512 => Avx512Tile::<12>::NR,
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx2 => Avx2Tile::NR,
+        Kernel::Portable => PortableTile::NR,
+    }
+}
+
+/// `c (+)= a b` on one thread for some column panels of a `B` packed ahead of time: panel `p`
+/// is `[k][w]` at `b[p * k * w..]` (`w` = [`panel_width`], zero-padded past `n`) and fills
+/// columns `p * w..` of the product, which `c` holds from column `first_col` on (the listed
+/// panels start there or later). `a` is `m` rows of `k` floats at row stride `lda`, read in place
+/// (a last partial tile of rows is packed). For products repeated with the same `B`, such as
+/// a recurrent weight at every time step, split by panels across threads.
+///
+/// # Safety
+/// `a` covers `m` rows of `k` floats at stride `lda`; `b` holds every listed panel; `c` covers
+/// `m` rows at stride `ldc` and the listed panels' columns (less `first_col`, at most `n`); no
+/// other thread writes them meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn mul_panels(
+    (m, n, k): (usize, usize, usize),
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    panels: &[std::ops::Range<usize>],
+    (c, ldc, first_col): (*mut f32, usize, usize),
+    accumulate: bool,
+) {
+    if m == 0 || n == 0 || k == 0 {
+        return;
+    }
+    // SAFETY: forwarded from the caller; each tile's instructions are checked by `select`.
+    unsafe {
+        match Kernel::select() {
+            // Whole tiles of 8 rows rather than 12 and a partial one (a 16-row batch).
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 if m % 12 != 0 && m % 8 == 0 => mul_panels_with::<Avx512Tile<8>>(
+                (m, n, k),
+                a,
+                lda,
+                b,
+                panels,
+                (c, ldc, first_col),
+                accumulate,
+            ),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx512 => mul_panels_with::<Avx512Tile<12>>(
+                (m, n, k),
+                a,
+                lda,
+                b,
+                panels,
+                (c, ldc, first_col),
+                accumulate,
+            ),
+            #[cfg(target_arch = "x86_64")]
+            Kernel::Avx2 => mul_panels_with::<Avx2Tile>(
+                (m, n, k),
+                a,
+                lda,
+                b,
+                panels,
+                (c, ldc, first_col),
+                accumulate,
+            ),
+            Kernel::Portable => mul_panels_with::<PortableTile>(
+                (m, n, k),
+                a,
+                lda,
+                b,
+                panels,
+                (c, ldc, first_col),
+                accumulate,
+            ),
+        }
+    }
+}
+
+/// [`mul_panels`] with the register tile `T`.
+///
+/// # Safety
+/// As [`mul_panels`]; the CPU has `T`'s instructions.
+#[allow(clippy::too_many_arguments)]
+unsafe fn mul_panels_with<T: Tile>(
+    (m, n, k): (usize, usize, usize),
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    panels: &[std::ops::Range<usize>],
+    (c, ldc, first_col): (*mut f32, usize, usize),
+    accumulate: bool,
+) {
+    let (mr, nr) = (T::MR, T::NR);
+    let full = m / mr * mr;
+    let a = View {
+        ptr: a,
+        rs: lda,
+        cs: 1,
+    };
+    let c = Out {
+        ptr: c,
+        rs: ldc,
+        cs: 1,
+    };
+    with_buffer(&A_PACK, k * mr, |rest| {
+        // SAFETY (whole block): rows `0..m` and depth `0..k` of `a`, the listed panels of `b`
+        // and their columns of `c` are inside the caller's views.
+        unsafe {
+            if full < m {
+                T::pack_a(a, full, m - full, 0, k, rest);
+            }
+            for p in panels.iter().cloned().flatten() {
+                let cols = nr.min(n - p * nr);
+                let j = p * nr - first_col;
+                let bpanel = b.add(p * k * nr);
+                for i in (0..full).step_by(mr) {
+                    let rows = View {
+                        ptr: a.ptr.add(i * lda),
+                        ..a
+                    };
+                    tile::<T>(k, rows, bpanel, c, (i, j), (mr, cols), accumulate);
+                }
+                if full < m {
+                    let packed = View {
+                        ptr: rest.as_ptr(),
+                        rs: 1,
+                        cs: mr,
+                    };
+                    tile::<T>(
+                        k,
+                        packed,
+                        bpanel,
+                        c,
+                        (full, j),
+                        (m - full, cols),
+                        accumulate,
+                    );
+                }
+            }
+        }
+    })
+}
+
 /// The blocked product with the register tile `T` (`m, n, k > 0`).
 ///
 /// # Safety

@@ -2,92 +2,38 @@
 //! a weight matrix that stays the same for every time step.
 //!
 //! A general matmul packs its right-hand side on every call, and with 8 or 16 rows that packing
-//! costs as much as the product. Here the weight is packed **once per sequence** into panels of
-//! 16 columns (`[k][16]`, zero-padded), and each step runs an AVX2 + FMA register tile of 4 rows
-//! by 16 columns over them; with AVX-512, panels of 32 columns and tiles of 8 rows by 32.
-//! CPUs without AVX2/FMA (and other architectures) use the `gemm` crate on the unpacked weight
-//! instead.
+//! costs as much as the product. Here the weight is packed **once per sequence** into the
+//! column panels of lmforge's matrix product (`[k][w]`, `w` = 32 columns with AVX-512, 16
+//! otherwise, zero-padded), and each step runs the product's register tiles over them
+//! ([`crate::fused::gemm::mul_panels`]: the rows read in place, `k` unrolled, prefetched).
 
-/// Columns per packed panel (two 8-lane vectors).
-const NR: usize = 16;
-/// Rows per register tile.
-const MR: usize = 4;
-/// Columns per packed panel with AVX-512 (two 16-lane vectors).
-const NR_512: usize = 32;
-/// Rows per AVX-512 register tile.
-const MR_512: usize = 8;
+use crate::fused::gemm::{mul_panels, panel_width};
 
-/// A `[k, n]` right-hand side packed into `ceil(n / 16)` panels of `[k][16]`.
+/// A `[k, n]` right-hand side packed into `ceil(n / w)` panels of `[k][w]`.
 #[derive(Clone, Debug)]
 pub(super) struct Packed {
     k: usize,
     n: usize,
-    /// Columns per panel: 32 for the AVX-512 tile, 16 for the AVX2 one.
+    /// Columns per panel: the product's panel width on this CPU.
     nr: usize,
     panels: Vec<f32>,
-    /// Row-major copy for the fallback path (empty when the packed kernel is used).
-    plain: Vec<f32>,
-}
-
-fn wide_kernel_512() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        crate::fused::math::wide_simd_512()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
-}
-
-fn wide_kernel() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        crate::fused::math::wide_simd()
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
 }
 
 impl Packed {
     /// Packs the `[k, n]` matrix whose element `(row, col)` is `at(row, col)`.
     pub(super) fn new(k: usize, n: usize, at: impl Fn(usize, usize) -> f32) -> Self {
-        if wide_kernel() {
-            let nr = if wide_kernel_512() { NR_512 } else { NR };
-            let n_panels = n.div_ceil(nr);
-            let mut panels = vec![0.0f32; n_panels * k * nr];
-            for p in 0..n_panels {
-                let panel = &mut panels[p * k * nr..][..k * nr];
-                for col in 0..nr.min(n - p * nr) {
-                    for row in 0..k {
-                        panel[row * nr + col] = at(row, p * nr + col);
-                    }
+        let nr = panel_width();
+        let n_panels = n.div_ceil(nr);
+        let mut panels = vec![0.0f32; n_panels * k * nr];
+        for p in 0..n_panels {
+            let panel = &mut panels[p * k * nr..][..k * nr];
+            for col in 0..nr.min(n - p * nr) {
+                for row in 0..k {
+                    panel[row * nr + col] = at(row, p * nr + col);
                 }
-            }
-            Self {
-                k,
-                n,
-                nr,
-                panels,
-                plain: Vec::new(),
-            }
-        } else {
-            let mut plain = vec![0.0f32; k * n];
-            for row in 0..k {
-                for col in 0..n {
-                    plain[row * n + col] = at(row, col);
-                }
-            }
-            Self {
-                k,
-                n,
-                nr: NR,
-                panels: Vec::new(),
-                plain,
             }
         }
+        Self { k, n, nr, panels }
     }
 
     /// `c[m, n] (+)= a[m, k] * self`, with `a` rows `lda` apart and `c` rows `ldc` apart;
@@ -113,164 +59,24 @@ impl Packed {
             c.len() >= (m - 1) * ldc + n,
             "packed matmul: output out of bounds"
         );
-        if self.panels.is_empty() {
-            // SAFETY: bounds checked above; `c` is borrowed mutably, so it aliases nothing.
-            unsafe {
-                gemm::gemm(
-                    m,
-                    n,
-                    k,
-                    c.as_mut_ptr(),
-                    1,
-                    ldc as isize,
-                    accumulate,
-                    a.as_ptr(),
-                    1,
-                    lda as isize,
-                    self.plain.as_ptr(),
-                    1,
-                    n as isize,
-                    1.0f32,
-                    1.0f32,
-                    false,
-                    false,
-                    false,
-                    gemm::Parallelism::None,
-                );
-            }
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: panels exist only when the CPU has AVX2 and FMA, 32-column panels only when
-        // it has AVX-512 F; bounds checked above.
+        // The tile the product runs now is the one the panels were packed for (the kernel
+        // choice is fixed for the process).
+        debug_assert_eq!(self.nr, panel_width());
+        // SAFETY: bounds checked above; every panel holds `k * nr` floats; `c` is borrowed
+        // mutably, so it aliases nothing.
         unsafe {
-            if self.nr == NR_512 {
-                wide512::mul(self, m, a, lda, c, ldc, accumulate);
-            } else {
-                wide::mul(self, m, a, lda, c, ldc, accumulate);
-            }
+            mul_panels(
+                (m, n, k),
+                a.as_ptr(),
+                lda,
+                self.panels.as_ptr(),
+                &[0..n.div_ceil(self.nr)],
+                (c.as_mut_ptr(), ldc, 0),
+                accumulate,
+            );
         }
     }
 }
-
-/// One SIMD build of the step product: module `$name` with `mul` (tiles of `$mr` rows over
-/// every `$nr`-column panel, then one tile for the remaining rows) for the instruction set
-/// `$features`, whose vectors hold `$lanes` floats (`$nr` is two vectors).
-macro_rules! step_product {
-    (
-        $name:ident, $features:literal, $mr:expr, $nr:expr, $lanes:expr, $vector:ty,
-        zero: $zero:ident, load: $load:ident, store: $store:ident, splat: $splat:ident,
-        fma: $fma:ident, rest: [$($rest:literal),*]
-    ) => {
-        #[cfg(target_arch = "x86_64")]
-        mod $name {
-            use super::Packed;
-            use std::arch::x86_64::*;
-
-            const MR: usize = $mr;
-            const NR: usize = $nr;
-
-            #[target_feature(enable = $features)]
-            pub(super) fn mul(
-                packed: &Packed,
-                m: usize,
-                a: &[f32],
-                lda: usize,
-                c: &mut [f32],
-                ldc: usize,
-                accumulate: bool,
-            ) {
-                let (k, n) = (packed.k, packed.n);
-                for p in 0..n.div_ceil(NR) {
-                    let panel = &packed.panels[p * k * NR..][..k * NR];
-                    let cols = NR.min(n - p * NR);
-                    let mut row = 0;
-                    while row + MR <= m {
-                        tile::<MR>(
-                            k,
-                            &a[row * lda..],
-                            lda,
-                            panel,
-                            &mut c[row * ldc + p * NR..],
-                            ldc,
-                            cols,
-                            accumulate,
-                        );
-                        row += MR;
-                    }
-                    if row == m {
-                        continue;
-                    }
-                    let c = &mut c[row * ldc + p * NR..];
-                    let a = &a[row * lda..];
-                    match m - row {
-                        $($rest => tile::<$rest>(k, a, lda, panel, c, ldc, cols, accumulate),)*
-                        _ => unreachable!("fewer than {MR} rows remain"),
-                    }
-                }
-            }
-
-            /// `R` rows of `c` (`cols <= NR` columns) from `R` rows of `a` and one panel.
-            #[target_feature(enable = $features)]
-            #[allow(clippy::too_many_arguments)]
-            fn tile<const R: usize>(
-                k: usize,
-                a: &[f32],
-                lda: usize,
-                panel: &[f32],
-                c: &mut [f32],
-                ldc: usize,
-                cols: usize,
-                accumulate: bool,
-            ) {
-                assert!(panel.len() >= k * NR && a.len() >= (R - 1) * lda + k);
-                assert!(c.len() >= (R - 1) * ldc + cols);
-                let mut acc: [[$vector; 2]; R] = [[$zero(); 2]; R];
-                let (a, b) = (a.as_ptr(), panel.as_ptr());
-                for kk in 0..k {
-                    // SAFETY: `kk < k`, and the asserts above bound every row of `a` and the
-                    // panel.
-                    unsafe {
-                        let b0 = $load(b.add(kk * NR));
-                        let b1 = $load(b.add(kk * NR + $lanes));
-                        for (r, acc) in acc.iter_mut().enumerate() {
-                            let av = $splat(*a.add(r * lda + kk));
-                            acc[0] = $fma(av, b0, acc[0]);
-                            acc[1] = $fma(av, b1, acc[1]);
-                        }
-                    }
-                }
-                for (r, acc) in acc.iter().enumerate() {
-                    let row = &mut c[r * ldc..][..cols];
-                    let mut out = [0.0f32; NR];
-                    // SAFETY: `out` holds `NR` floats, two vectors.
-                    unsafe {
-                        $store(out.as_mut_ptr(), acc[0]);
-                        $store(out.as_mut_ptr().add($lanes), acc[1]);
-                    }
-                    if accumulate {
-                        for (c, v) in row.iter_mut().zip(out) {
-                            *c += v;
-                        }
-                    } else {
-                        row.copy_from_slice(&out[..cols]);
-                    }
-                }
-            }
-        }
-    };
-}
-
-step_product!(
-    wide, "avx2,fma", super::MR, super::NR, 8, __m256,
-    zero: _mm256_setzero_ps, load: _mm256_loadu_ps, store: _mm256_storeu_ps,
-    splat: _mm256_set1_ps, fma: _mm256_fmadd_ps, rest: [1, 2, 3]
-);
-step_product!(
-    wide512, "avx512f,avx2,fma", super::MR_512, super::NR_512, 16, __m512,
-    zero: _mm512_setzero_ps, load: _mm512_loadu_ps, store: _mm512_storeu_ps,
-    splat: _mm512_set1_ps, fma: _mm512_fmadd_ps, rest: [1, 2, 3, 4, 5, 6, 7]
-);
 
 #[cfg(test)]
 mod tests {
