@@ -70,7 +70,7 @@ impl Packed {
                 a.as_ptr(),
                 lda,
                 self.panels.as_ptr(),
-                &[0..n.div_ceil(self.nr)],
+                std::slice::from_ref(&(0..n.div_ceil(self.nr))),
                 (c.as_mut_ptr(), ldc, 0),
                 accumulate,
             );
