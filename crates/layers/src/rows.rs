@@ -235,8 +235,8 @@ pub struct AdamWStep {
 /// One AdamW update of `param` from `grad` as a single fused pass on flex, spread over rayon's
 /// threads: returns the new parameter and the new first and second moments. `moments` are the
 /// previous step's (`None` on the first step, `time` 1). Each element goes through the same
-/// `f32` operations, in the same order, as burn's composed `AdamW` (and PyTorch's
-/// `torch.optim.AdamW` with `amsgrad=False`):
+/// `f32` operations, in the same order, as burn's composed `AdamW`; the function is PyTorch's
+/// `torch.optim.AdamW` with `amsgrad=False` (which orders the operations differently):
 ///
 /// ```text
 /// m = beta_1 m + (1 - beta_1) g            v = beta_2 v + (1 - beta_2) g²

@@ -386,49 +386,30 @@ pub(crate) unsafe fn mul_panels(
     if m == 0 || n == 0 || k == 0 {
         return;
     }
+    macro_rules! with {
+        ($tile:ty) => {
+            mul_panels_with::<$tile>(
+                (m, n, k),
+                a,
+                lda,
+                b,
+                panels,
+                (c, ldc, first_col),
+                accumulate,
+            )
+        };
+    }
     // SAFETY: forwarded from the caller; each tile's instructions are checked by `select`.
     unsafe {
         match Kernel::select() {
             // Whole tiles of 8 rows rather than 12 and a partial one (a 16-row batch).
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 if m % 12 != 0 && m % 8 == 0 => mul_panels_with::<Avx512Tile<8>>(
-                (m, n, k),
-                a,
-                lda,
-                b,
-                panels,
-                (c, ldc, first_col),
-                accumulate,
-            ),
+            Kernel::Avx512 if m % 12 != 0 && m % 8 == 0 => with!(Avx512Tile<8>),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx512 => mul_panels_with::<Avx512Tile<12>>(
-                (m, n, k),
-                a,
-                lda,
-                b,
-                panels,
-                (c, ldc, first_col),
-                accumulate,
-            ),
+            Kernel::Avx512 => with!(Avx512Tile<12>),
             #[cfg(target_arch = "x86_64")]
-            Kernel::Avx2 => mul_panels_with::<Avx2Tile>(
-                (m, n, k),
-                a,
-                lda,
-                b,
-                panels,
-                (c, ldc, first_col),
-                accumulate,
-            ),
-            Kernel::Portable => mul_panels_with::<PortableTile>(
-                (m, n, k),
-                a,
-                lda,
-                b,
-                panels,
-                (c, ldc, first_col),
-                accumulate,
-            ),
+            Kernel::Avx2 => with!(Avx2Tile),
+            Kernel::Portable => with!(PortableTile),
         }
     }
 }

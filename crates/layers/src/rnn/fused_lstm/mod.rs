@@ -502,7 +502,13 @@ mod tests {
                     let composed = outputs(&device, shape, reverse, false);
                     for ((name, a), b) in names.iter().zip(&fused).zip(&composed) {
                         let worst = max_abs_diff(a, b);
-                        let scale = b.iter().fold(1.0f32, |s, v| s.max(v.abs()));
+                        // 2e-6 absolute at 5 units; relative to the largest value at 64,
+                        // where sums over 64 units and 78 positions reach about 10.
+                        let scale = if shape.2 > 5 {
+                            b.iter().fold(1.0f32, |s, v| s.max(v.abs()))
+                        } else {
+                            1.0
+                        };
                         assert!(
                             worst <= 2e-6 * scale,
                             "{name} (shape {shape:?}, reverse {reverse}): fused and composed \
