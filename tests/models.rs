@@ -162,6 +162,60 @@ fn bert_task_models_have_the_documented_shapes() {
     ));
 }
 
+/// The MLM head at chosen positions gives the matching rows of the full logits, and the
+/// same gradients for a loss that reads only those rows (for both models with the head).
+#[test]
+fn bert_mlm_logits_at_positions_equal_the_full_rows() {
+    let device = &reference_device().clone().autodiff();
+    device.seed(3);
+    let config = BertConfig::tiny(VOCAB)
+        .with_d_model(16)
+        .with_n_heads(2)
+        .with_d_ff(32);
+    let input = || BertInput::new(batch(device)).with_mask_pad(padding(device));
+    // Out of order, both rows, a padded position.
+    let positions = [9usize, 0, 3, 13, 6];
+    let picked = Tensor::<1, Int>::from_data(
+        TensorData::new(positions.iter().map(|&p| p as i64).collect(), [5]),
+        device,
+    );
+    let mlm = config.init_masked_lm(device).unwrap();
+    let full = mlm
+        .forward(input())
+        .logits
+        .reshape([14, VOCAB])
+        .select(0, picked.clone());
+    let at = mlm.forward_at(input(), &positions).logits;
+    assert_eq!(at.dims(), [5, VOCAB]);
+    assert!(max_diff(full.clone(), at.clone()) < 1e-6);
+    let (g_full, g_at) = (weighted_sum(full).backward(), weighted_sum(at).backward());
+    let g_full = Outputs::new().grads("grad", &mlm, &g_full);
+    let g_at = Outputs::new().grads("grad", &mlm, &g_at);
+    assert!(g_full.entries().len() > 10);
+    let gaps = g_at.mismatches(&g_full, Tolerance::rel_abs(1e-5, 1e-6), "at", "full");
+    assert!(gaps.is_empty(), "{gaps:#?}");
+
+    let pre = config.init_pretraining(device).unwrap();
+    let out = pre.forward(input());
+    let full = out.mlm_logits.reshape([14, VOCAB]).select(0, picked);
+    let (at, nsp) = pre.forward_at(input(), &positions);
+    assert!(max_diff(full, at.logits) < 1e-6);
+    assert!(max_diff(out.nsp_logits, nsp) < 1e-6);
+}
+
+#[test]
+#[should_panic(expected = "position 14 is outside the 2 x 7 batch")]
+fn bert_mlm_logits_at_a_position_outside_the_batch_panic() {
+    let device = reference_device();
+    let mlm = BertConfig::tiny(VOCAB)
+        .with_d_model(16)
+        .with_n_heads(2)
+        .with_d_ff(32)
+        .init_masked_lm(device)
+        .unwrap();
+    let _ = mlm.forward_at(BertInput::new(batch(device)), &[0, 14]);
+}
+
 #[test]
 fn lstm_lm_parity_and_state_carried_across_batches() {
     reference_device().seed(3);

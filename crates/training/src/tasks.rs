@@ -16,7 +16,7 @@ use lmforge_objectives::causal_lm::causal_lm_loss;
 use lmforge_objectives::classification::{
     next_sentence_loss, sequence_classification_loss, token_classification_loss,
 };
-use lmforge_objectives::masked_lm::{MaskingConfig, masked_lm_loss};
+use lmforge_objectives::masked_lm::MaskingConfig;
 use lmforge_objectives::{CrossEntropy, IGNORE_INDEX};
 use rand::Rng;
 
@@ -165,11 +165,13 @@ impl MaskedLmTask {
         }
     }
 
+    /// Masks a batch; returns the encoder input, the masked positions (flat indices
+    /// `b * seq_length + s`) with their labels, and the number of real tokens.
     fn masked_input(
         &self,
         items: &[Encoding],
         context: &mut StepContext<'_>,
-    ) -> Result<(BertInput, Tensor<2, Int>, usize), TaskError> {
+    ) -> Result<(BertInput, Vec<usize>, Tensor<1, Int>, usize), TaskError> {
         let rows = self.batcher.pad(items)?;
         let mut masker = self.masking.init(context.rng.random())?;
         let word_ids = self
@@ -177,12 +179,28 @@ impl MaskedLmTask {
             .whole_word
             .then(|| padded_word_ids(items, rows.seq_length));
         let masked = masker.mask(&rows_u32(&rows), word_ids.as_deref())?;
-        let (input_ids, labels) = masked.to_tensors(context.device);
+        let (input_ids, _) = masked.to_tensors(context.device);
+        // The loss reads the logits at the chosen positions only, so the head runs on those
+        // rows alone. A batch with nothing chosen keeps one ignored row: its loss is the
+        // empty loss, as over the whole batch.
+        let (mut positions, mut labels) = (Vec::new(), Vec::new());
+        for (p, &label) in masked.labels.iter().flatten().enumerate() {
+            if label != IGNORE_INDEX {
+                positions.push(p);
+                labels.push(label);
+            }
+        }
+        if positions.is_empty() {
+            positions.push(0);
+            labels.push(IGNORE_INDEX);
+        }
+        let n = labels.len();
+        let labels = Tensor::from_data(TensorData::new(labels, [n]), context.device);
         let batch = rows.to_batch(context.device);
         let input = BertInput::new(input_ids)
             .with_token_types(batch.type_ids)
             .with_mask_pad(batch.padding_mask);
-        Ok((input, labels, batch.lengths.iter().sum()))
+        Ok((input, positions, labels, batch.lengths.iter().sum()))
     }
 }
 
@@ -195,10 +213,10 @@ impl Task<BertForMaskedLm> for MaskedLmTask {
         items: &[Encoding],
         context: &mut StepContext<'_>,
     ) -> Result<StepOutput, TaskError> {
-        let (input, labels, tokens) = self.masked_input(items, context)?;
-        let logits = model.forward(input).logits;
+        let (input, positions, labels, tokens) = self.masked_input(items, context)?;
+        let logits = model.forward_at(input, &positions).logits;
         let hits = correct(logits.clone().detach(), labels.clone());
-        let loss = masked_lm_loss(logits, labels, &self.loss);
+        let loss = self.loss.forward(logits, labels);
         Ok(StepOutput::from_loss(loss, tokens).with_correct(hits))
     }
 }
@@ -217,12 +235,12 @@ impl Task<BertForPreTraining> for MaskedLmTask {
     ) -> Result<StepOutput, TaskError> {
         let encodings: Vec<Encoding> = items.iter().map(|(e, _)| e.clone()).collect();
         let labels: Vec<i64> = items.iter().map(|(_, l)| *l).collect();
-        let (input, mlm_labels, tokens) = self.masked_input(&encodings, context)?;
-        let out = model.forward(input);
-        let hits = correct(out.mlm_logits.clone().detach(), mlm_labels.clone());
-        let mlm = masked_lm_loss(out.mlm_logits, mlm_labels, &self.loss);
+        let (input, positions, mlm_labels, tokens) = self.masked_input(&encodings, context)?;
+        let (mlm, nsp_logits) = model.forward_at(input, &positions);
+        let hits = correct(mlm.logits.clone().detach(), mlm_labels.clone());
+        let mlm = self.loss.forward(mlm.logits, mlm_labels);
         let nsp_labels = Tensor::from_data(TensorData::new(labels, [items.len()]), context.device);
-        let nsp = next_sentence_loss(out.nsp_logits, nsp_labels, &self.loss);
+        let nsp = next_sentence_loss(nsp_logits, nsp_labels, &self.loss);
         let mut output = StepOutput::from_loss(mlm, tokens).with_correct(hits);
         output.loss = output.loss + nsp.loss;
         Ok(output)
@@ -310,5 +328,114 @@ impl Task<BertForTokenClassification> for TokenClassificationTask {
         let hits = correct(logits.clone().detach(), labels.clone());
         let loss = token_classification_loss(logits, labels, &self.loss);
         Ok(StepOutput::from_loss(loss, tokens).with_correct(hits))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::tensor::Tensor;
+    use lmforge_data::batcher::BatcherConfig;
+    use lmforge_device::testing::reference_device;
+    use lmforge_models::bert::BertConfig;
+    use lmforge_objectives::masked_lm::masked_lm_loss;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    use super::*;
+
+    fn encodings() -> Vec<Encoding> {
+        (0..3)
+            .map(|r| {
+                let mut e = Encoding::default();
+                e.push(2, 0, None, true);
+                for i in 0..(9 + r) {
+                    e.push(5 + ((i * 7 + r * 3) % 25) as u32, 0, Some(i as u32), false);
+                }
+                e.push(3, 0, None, true);
+                e
+            })
+            .collect()
+    }
+
+    /// The masked-LM step runs the head on the masked positions only; its loss, hit count and
+    /// gradients equal those of the loss over the full logits with the same masks.
+    #[test]
+    fn masked_lm_step_equals_the_loss_over_every_position() {
+        let device = &reference_device().clone().autodiff();
+        device.seed(5);
+        let vocab = 30;
+        let model = BertConfig::tiny(vocab)
+            .with_d_model(16)
+            .with_n_heads(2)
+            .with_d_ff(32)
+            .init_masked_lm(device)
+            .unwrap();
+        let batcher = BatcherConfig::new(0).with_vocab_size(vocab).init().unwrap();
+        let masking = MaskingConfig::new(4, vocab, vec![0, 1, 2, 3, 4]).with_probability(0.3);
+        let task = MaskedLmTask::new(batcher, masking.clone());
+        let items = encodings();
+        let mut rng = StdRng::seed_from_u64(11);
+        let mut context = StepContext {
+            device,
+            rng: &mut rng,
+            training: true,
+            position: 0,
+        };
+        let out = task.step(&model, &items, &mut context).unwrap();
+
+        // The same masks (the task draws the masker's seed first), every position's logits.
+        let seed = StdRng::seed_from_u64(11).random();
+        let rows = batcher.pad(&items).unwrap();
+        let masked = masking
+            .init(seed)
+            .unwrap()
+            .mask(&rows_u32(&rows), None)
+            .unwrap();
+        let (input_ids, labels) = masked.to_tensors(device);
+        let batch = rows.to_batch(device);
+        let input = BertInput::new(input_ids)
+            .with_token_types(batch.type_ids)
+            .with_mask_pad(batch.padding_mask);
+        let logits = model.forward(input).logits;
+        let hits = correct(logits.clone().detach(), labels.clone());
+        let full = masked_lm_loss(logits, labels, &CrossEntropy::new());
+
+        let chosen = masked
+            .labels
+            .iter()
+            .flatten()
+            .filter(|&&l| l != IGNORE_INDEX);
+        assert!(chosen.count() >= 5, "too few masked positions to compare");
+        assert_eq!(
+            out.count.clone().into_scalar::<i64>(),
+            full.count.clone().into_scalar::<i64>()
+        );
+        assert_eq!(
+            out.correct.clone().unwrap().into_scalar::<i64>(),
+            hits.into_scalar::<i64>()
+        );
+        let (a, b) = (
+            out.loss.clone().into_scalar::<f32>(),
+            full.loss.clone().into_scalar::<f32>(),
+        );
+        assert!((a - b).abs() <= 1e-6 * b.abs(), "loss {a} vs {b}");
+        let (a, b) = (
+            out.nll_sum.into_scalar::<f32>(),
+            full.nll_sum.into_scalar::<f32>(),
+        );
+        assert!((a - b).abs() <= 1e-6 * b.abs(), "nll sum {a} vs {b}");
+        // The gradients of the head's transform (reached through the chosen rows only) and
+        // of the word table (the tied decoder: every vocabulary row).
+        let (ga, gb) = (out.loss.backward(), full.loss.backward());
+        let gap = |param: &burn::module::Param<Tensor<2>>| {
+            let (a, b) = (param.grad(&ga).unwrap(), param.grad(&gb).unwrap());
+            let scale: f32 = b.clone().abs().max().into_scalar();
+            let gap: f32 = (a - b).abs().max().into_scalar();
+            assert!(scale > 0.0, "no gradient reached the parameter");
+            gap / scale
+        };
+        let transform = gap(&model.mlm.transform.weight);
+        let word = gap(&model.bert.embeddings.word.weight);
+        assert!(transform <= 1e-5 && word <= 1e-5, "{transform} {word}");
     }
 }

@@ -2,7 +2,7 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Dropout, DropoutConfig};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use lmforge_layers::transformer::{FeedForwardActivation, Norm};
 use lmforge_layers::{Embedding, Linear};
 
@@ -46,6 +46,45 @@ impl MaskedLmHead {
                 .apply(lmforge_layers::linear_rows(&self.transform, hidden)),
         );
         tied_logits(h, word_embeddings) + self.bias.val().unsqueeze::<3>()
+    }
+
+    /// Vocabulary logits at the chosen positions only: the encoder's rows are gathered
+    /// before the head, so the transform, the decoder product and the bias cost a
+    /// `positions.len()`-row pass instead of a `batch_size * seq_length`-row one. Each
+    /// returned row equals the matching row of [`forward`](Self::forward).
+    ///
+    /// # Shapes
+    /// - `hidden`: `[batch_size, seq_length, d_model]`
+    /// - `positions`: flat indices `b * seq_length + s`, `n` of them
+    /// - returns: `[n, vocab_size]`
+    ///
+    /// # Panics
+    /// When `positions` is empty or an index is not below `batch_size * seq_length`.
+    pub fn forward_at(
+        &self,
+        hidden: Tensor<3>,
+        positions: &[usize],
+        word_embeddings: &Embedding,
+    ) -> Tensor<2> {
+        let [batch_size, seq_length, d_model] = hidden.dims();
+        let rows = batch_size * seq_length;
+        assert!(
+            !positions.is_empty(),
+            "MaskedLmHead::forward_at: no positions"
+        );
+        if let Some(&p) = positions.iter().find(|&&p| p >= rows) {
+            panic!(
+                "MaskedLmHead::forward_at: position {p} is outside the {batch_size} x \
+                 {seq_length} batch"
+            );
+        }
+        let n = positions.len();
+        let indices: Vec<i64> = positions.iter().map(|&p| p as i64).collect();
+        let indices = Tensor::<1, Int>::from_data(TensorData::new(indices, [n]), &hidden.device());
+        let chosen = hidden.reshape([rows, d_model]).select(0, indices);
+        let vocab_size = self.bias.dims()[0];
+        self.forward(chosen.reshape([1, n, d_model]), word_embeddings)
+            .reshape([n, vocab_size])
     }
 }
 
@@ -91,6 +130,36 @@ impl BertForMaskedLm {
             .forward(encoder.hidden.clone(), &self.bert.embeddings.word);
         MaskedLmOutput { logits, encoder }
     }
+
+    /// The encoder, then the MLM head at the chosen positions only (see
+    /// [`MaskedLmHead::forward_at`]): what a masked-LM loss needs, without the logits of the
+    /// positions it ignores.
+    ///
+    /// # Shapes
+    /// See [`BertInput`]; `positions` are flat indices `b * seq_length + s`, `n` of them;
+    /// `logits`: `[n, vocab_size]`.
+    ///
+    /// # Panics
+    /// As [`forward`](Self::forward), and when `positions` is empty or out of range.
+    pub fn forward_at(&self, input: BertInput, positions: &[usize]) -> MaskedLmOutputAt {
+        let encoder = self.bert.forward(input);
+        let logits = self.mlm.forward_at(
+            encoder.hidden.clone(),
+            positions,
+            &self.bert.embeddings.word,
+        );
+        MaskedLmOutputAt { logits, encoder }
+    }
+}
+
+/// Output of [`BertForMaskedLm::forward_at`] and [`BertForPreTraining::forward_at`]'s MLM
+/// part.
+#[derive(Clone, Debug)]
+pub struct MaskedLmOutputAt {
+    /// `[n, vocab_size]`: one row per requested position, in the order given.
+    pub logits: Tensor<2>,
+    /// The encoder's output.
+    pub encoder: BertOutput,
 }
 
 /// BERT with the pre-training heads, masked LM and next-sentence prediction
@@ -147,6 +216,28 @@ impl BertForPreTraining {
             nsp_logits: self.nsp.forward(pooled),
             encoder,
         }
+    }
+
+    /// As [`forward`](Self::forward), with the MLM logits at the chosen positions only (see
+    /// [`MaskedLmHead::forward_at`]). Returns the MLM output and the NSP logits
+    /// `[batch_size, 2]`.
+    ///
+    /// # Panics
+    /// As [`forward`](Self::forward), and when `positions` is empty or out of range.
+    pub fn forward_at(
+        &self,
+        input: BertInput,
+        positions: &[usize],
+    ) -> (MaskedLmOutputAt, Tensor<2>) {
+        let encoder = self.bert.forward(input);
+        let logits = self.mlm.forward_at(
+            encoder.hidden.clone(),
+            positions,
+            &self.bert.embeddings.word,
+        );
+        let pooled = encoder.pooled.clone().expect("checked at construction");
+        let nsp_logits = self.nsp.forward(pooled);
+        (MaskedLmOutputAt { logits, encoder }, nsp_logits)
     }
 }
 

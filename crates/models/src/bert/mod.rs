@@ -26,6 +26,6 @@ mod pretrained;
 pub use heads::{
     BertForMaskedLm, BertForNextSentencePrediction, BertForPreTraining, BertForQuestionAnswering,
     BertForSequenceClassification, BertForTokenClassification, ClassificationOutput, MaskedLmHead,
-    MaskedLmOutput, PreTrainingOutput, QuestionAnsweringOutput,
+    MaskedLmOutput, MaskedLmOutputAt, PreTrainingOutput, QuestionAnsweringOutput,
 };
 pub use model::{Bert, BertConfig, BertEmbeddings, BertInput, BertOutput};
