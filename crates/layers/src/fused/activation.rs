@@ -1,6 +1,7 @@
 //! GELU (exact and tanh approximation) as single fused operations with hand-written derivatives.
 
 use core::marker::PhantomData;
+use core::mem::MaybeUninit;
 
 use burn::tensor::{DType, Tensor};
 use burn_autodiff::Autodiff;
@@ -16,17 +17,18 @@ use burn_tensor::DispatchTensor;
 use rayon::prelude::*;
 
 use super::math::{exp, normal_cdf, sigmoid, simd_dispatch};
-use super::{contiguous, flex_tensor, slice};
+use super::{contiguous, flex_tensor, slice, unique_contiguous};
 
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;
 
 /// An elementwise function and its derivative, over chunks.
 trait Activation: Copy + Send + Sync + core::fmt::Debug + 'static {
-    /// `y = f(x)`.
-    fn forward(x: &[f32], y: &mut [f32]);
-    /// `dx = dy * f'(x)`, given the input `x` and the output `y = f(x)`.
-    fn backward(x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]);
+    /// `y = f(x)`, writing every element of `y`.
+    fn forward(x: &[f32], y: &mut [MaybeUninit<f32>]);
+    /// `g = g * f'(x)` in place (`g` holds `dy` on entry and `dx` on return), given the input
+    /// `x` and the output `y = f(x)`.
+    fn backward(x: &[f32], y: &[f32], g: &mut [f32]);
 }
 
 /// `Φ(x) = y / x` for both GELUs (`y = x Φ(x)`, with `Φ` the normal CDF or its logistic
@@ -44,35 +46,35 @@ const K3: f32 = K1 * 0.044_715;
 const FRAC_1_SQRT_2PI: f32 = 0.398_942_3;
 
 simd_dispatch! {
-    fn gelu_tanh_forward(x: &[f32], y: &mut [f32]) {
+    fn gelu_tanh_forward(x: &[f32], y: &mut [MaybeUninit<f32>]) {
         for (y, &x) in y.iter_mut().zip(x) {
-            *y = x * sigmoid(x * (K1 + K3 * x * x));
+            y.write(x * sigmoid(x * (K1 + K3 * x * x)));
         }
     }
 }
 
 simd_dispatch! {
-    fn gelu_tanh_backward(x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]) {
-        for (((dx, &x), &y), &dy) in dx.iter_mut().zip(x).zip(y).zip(dy) {
+    fn gelu_tanh_backward(x: &[f32], y: &[f32], g: &mut [f32]) {
+        for ((g, &x), &y) in g.iter_mut().zip(x).zip(y) {
             let s = cdf_from_output(x, y);
-            *dx = dy * (s + x * s * (1.0 - s) * (K1 + 3.0 * K3 * x * x));
+            *g *= s + x * s * (1.0 - s) * (K1 + 3.0 * K3 * x * x);
         }
     }
 }
 
 simd_dispatch! {
-    fn gelu_exact_forward(x: &[f32], y: &mut [f32]) {
+    fn gelu_exact_forward(x: &[f32], y: &mut [MaybeUninit<f32>]) {
         for (y, &x) in y.iter_mut().zip(x) {
-            *y = x * normal_cdf(x);
+            y.write(x * normal_cdf(x));
         }
     }
 }
 
 simd_dispatch! {
-    fn gelu_exact_backward(x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]) {
-        for (((dx, &x), &y), &dy) in dx.iter_mut().zip(x).zip(y).zip(dy) {
+    fn gelu_exact_backward(x: &[f32], y: &[f32], g: &mut [f32]) {
+        for ((g, &x), &y) in g.iter_mut().zip(x).zip(y) {
             let pdf = FRAC_1_SQRT_2PI * exp(-0.5 * x * x);
-            *dx = dy * (cdf_from_output(x, y) + x * pdf);
+            *g *= cdf_from_output(x, y) + x * pdf;
         }
     }
 }
@@ -81,11 +83,11 @@ simd_dispatch! {
 struct GeluTanh;
 
 impl Activation for GeluTanh {
-    fn forward(x: &[f32], y: &mut [f32]) {
+    fn forward(x: &[f32], y: &mut [MaybeUninit<f32>]) {
         gelu_tanh_forward(x, y)
     }
-    fn backward(x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]) {
-        gelu_tanh_backward(x, y, dy, dx)
+    fn backward(x: &[f32], y: &[f32], g: &mut [f32]) {
+        gelu_tanh_backward(x, y, g)
     }
 }
 
@@ -93,11 +95,11 @@ impl Activation for GeluTanh {
 struct GeluExact;
 
 impl Activation for GeluExact {
-    fn forward(x: &[f32], y: &mut [f32]) {
+    fn forward(x: &[f32], y: &mut [MaybeUninit<f32>]) {
         gelu_exact_forward(x, y)
     }
-    fn backward(x: &[f32], y: &[f32], dy: &[f32], dx: &mut [f32]) {
-        gelu_exact_backward(x, y, dy, dx)
+    fn backward(x: &[f32], y: &[f32], g: &mut [f32]) {
+        gelu_exact_backward(x, y, g)
     }
 }
 
@@ -111,16 +113,21 @@ pub(crate) fn gelu_exact<const D: usize>(x: &Tensor<D>) -> Option<Tensor<D>> {
     unary::<D, GeluExact>(x)
 }
 
-fn map(x: &[f32], f: fn(&[f32], &mut [f32])) -> Vec<f32> {
-    let mut y = vec![0.0f32; x.len()];
-    if x.len() <= CHUNK {
+/// `f` over `x` into a new buffer (which `f` writes whole, so it is never zero-filled first).
+fn map(x: &[f32], f: fn(&[f32], &mut [MaybeUninit<f32>])) -> Vec<f32> {
+    let n = x.len();
+    let mut y = Vec::with_capacity(n);
+    let out = &mut y.spare_capacity_mut()[..n];
+    if n <= CHUNK {
         // One chunk: run here rather than hand it to the thread pool (decoding steps).
-        f(x, &mut y);
-        return y;
+        f(x, out);
+    } else {
+        out.par_chunks_mut(CHUNK)
+            .zip(x.par_chunks(CHUNK))
+            .for_each(|(y, x)| f(x, y));
     }
-    y.par_chunks_mut(CHUNK)
-        .zip(x.par_chunks(CHUNK))
-        .for_each(|(y, x)| f(x, y));
+    // SAFETY: `Activation::forward` writes every element of its output chunk.
+    unsafe { y.set_len(n) };
     y
 }
 
@@ -168,23 +175,28 @@ impl<A: Activation> Backward<Flex, 1> for UnaryBackward<A> {
     type State = (FlexTensor, FlexTensor);
 
     fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dy = contiguous(grads.consume::<Flex>(&ops.node));
+        let dy = grads.consume::<Flex>(&ops.node);
         let [parent] = ops.parents;
         let Some(parent) = parent else {
             return;
         };
         let (x, y) = ops.state;
-        let (xs, ys, dys) = (slice(&x), slice(&y), slice(&dy));
-        let mut dx = vec![0.0f32; xs.len()];
+        let (xs, ys) = (slice(&x), slice(&y));
+        // The incoming gradient becomes the outgoing one in place when nothing else holds its
+        // buffer (the usual case: the product after the activation wrote it); otherwise a copy.
+        let mut g = unique_contiguous(dy).unwrap_or_else(|dy| {
+            flex_tensor(slice(&contiguous(dy)).to_vec(), x.layout().shape().clone())
+        });
+        let gs: &mut [f32] = g.try_storage_mut().expect("unique by construction");
         if xs.len() <= CHUNK {
-            A::backward(xs, ys, dys, &mut dx);
+            A::backward(xs, ys, gs);
         } else {
-            dx.par_chunks_mut(CHUNK)
+            gs.par_chunks_mut(CHUNK)
                 .zip(xs.par_chunks(CHUNK).zip(ys.par_chunks(CHUNK)))
-                .zip(dys.par_chunks(CHUNK))
-                .for_each(|((dx, (x, y)), dy)| A::backward(x, y, dy, dx));
+                .for_each(|(g, (x, y))| A::backward(x, y, g));
         }
-        grads.register::<Flex>(parent.id, flex_tensor(dx, x.layout().shape().clone()));
+        let g = g.with_layout(burn_flex::Layout::contiguous(x.layout().shape().clone()));
+        grads.register::<Flex>(parent.id, g);
     }
 }
 
@@ -278,6 +290,26 @@ mod tests {
                     );
                 }
             }
+            // An incoming gradient the backward must not overwrite: the sum's backward hands
+            // one buffer to both of its inputs (the copy path). The other input's gradient
+            // must stay the upstream weights.
+            let shared = |fused_path: bool| {
+                let x = input([3, 70, 100], 1.0, &devices[0]).require_grad();
+                let other = input([3, 70, 100], 0.5, &devices[0]).require_grad();
+                let y = if fused_path {
+                    fused(&x).unwrap()
+                } else {
+                    composed(x.clone())
+                };
+                let weights = input(y.dims(), 0.25, &devices[0]);
+                let grads = ((y + other.clone()) * weights.clone()).sum().backward();
+                let (dx, d_other) = (x.grad(&grads).unwrap(), other.grad(&grads).unwrap());
+                (values(dx), values(d_other), values(weights))
+            };
+            let ((dx, d_other, w), (dx_ref, _, _)) = (shared(true), shared(false));
+            let gap = max_abs_diff(&dx, &dx_ref);
+            assert!(gap <= 2e-6, "{name} under a shared gradient: {gap}");
+            assert_eq!(d_other, w, "{name} overwrote a gradient it shares");
             let x = input([3, 70, 100], 1.0, &flex);
             let (y, y_ref) = (fused(&x).unwrap(), composed(x));
             assert!(

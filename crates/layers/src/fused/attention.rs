@@ -28,7 +28,7 @@ use burn_tensor::DispatchTensor;
 use rayon::prelude::*;
 
 use super::math::{exp, simd_dispatch};
-use super::{flex_tensor, matmul};
+use super::{assume_init, flex_tensor, matmul, matmul_uninit};
 
 /// Attention `softmax(s Q Kᵀ + mask) V` of flex tensors, or `None` (other devices, other
 /// dtypes, and inference calls flex serves better: see below). Inference runs the same forward
@@ -337,12 +337,16 @@ fn forward(
         d,
         d_v,
     } = dims;
-    let mut out = vec![0.0f32; batch * seq_q * heads * d_v];
-    let mut probs = vec![0.0f32; batch * heads * seq_q * seq_k];
+    // Both buffers are written whole by the products below (the scores before the softmax
+    // reads them; the context by the heads' column blocks together): no zero fill.
+    let (n_out, n_probs) = (batch * seq_q * heads * d_v, batch * heads * seq_q * seq_k);
+    let mut out: Vec<f32> = Vec::with_capacity(n_out);
+    let mut probs: Vec<f32> = Vec::with_capacity(n_probs);
     let offset = seq_k as isize - seq_q as isize;
     // One task per batch entry: its heads' outputs interleave in memory.
-    out.par_chunks_mut(seq_q * heads * d_v)
-        .zip(probs.par_chunks_mut(heads * seq_q * seq_k))
+    out.spare_capacity_mut()[..n_out]
+        .par_chunks_mut(seq_q * heads * d_v)
+        .zip(probs.spare_capacity_mut()[..n_probs].par_chunks_mut(heads * seq_q * seq_k))
         .enumerate()
         .for_each(|(b, (out, probs))| {
             // 0 for a kept key, -∞ for a masked one.
@@ -353,17 +357,18 @@ fn forward(
                 let ((q, q_rs), (k, k_rs), (v, v_rs)) =
                     (q.matrix(b, h), k.matrix(b, h), v.matrix(b, h));
                 // S = Q Kᵀ
-                matmul(
+                matmul_uninit(
                     (seq_q, seq_k, d),
                     p,
                     (seq_k, 1),
-                    false,
                     q,
                     (q_rs, 1),
                     k,
                     (1, k_rs),
                     false,
                 );
+                // SAFETY: the product wrote the whole `[seq_q, seq_k]` block.
+                let p = unsafe { assume_init(p) };
                 for i in 0..seq_q {
                     let row = &mut p[i * seq_k..][..seq_k];
                     if masked {
@@ -392,13 +397,13 @@ fn forward(
                     }
                     softmax_row(row, &bias, scale);
                 }
-                // O = P V, rows `heads * d_v` apart
+                // O = P V, rows `heads * d_v` apart: head `h` writes columns
+                // `h d_v..(h + 1) d_v` of every row, so the heads together write all of `out`.
                 let out = &mut out[h * d_v..];
-                matmul(
+                matmul_uninit(
                     (seq_q, d_v, seq_k),
                     out,
                     (heads * d_v, 1),
-                    false,
                     p,
                     (seq_k, 1),
                     v,
@@ -407,6 +412,11 @@ fn forward(
                 );
             }
         });
+    // SAFETY: every batch entry's block of both buffers was written above.
+    unsafe {
+        out.set_len(n_out);
+        probs.set_len(n_probs);
+    }
     (out, probs)
 }
 
@@ -431,12 +441,21 @@ impl Backward<Flex, 3> for AttentionBackward {
         let scale = state.scale;
         // Gradients laid out `[batch, seq, heads, d]` (the layout of the projections the inputs
         // were split from), returned as `[batch, heads, seq, d]` views.
-        let mut dq = vec![0.0f32; batch * seq_q * heads * d];
-        let mut dk = vec![0.0f32; batch * seq_k * heads * d];
-        let mut dv = vec![0.0f32; batch * seq_k * heads * d_v];
-        dq.par_chunks_mut(seq_q * heads * d)
-            .zip(dk.par_chunks_mut(seq_k * heads * d))
-            .zip(dv.par_chunks_mut(seq_k * heads * d_v))
+        let (n_q, n_k, n_v) = (
+            batch * seq_q * heads * d,
+            batch * seq_k * heads * d,
+            batch * seq_k * heads * d_v,
+        );
+        let (mut dq, mut dk, mut dv) = (
+            Vec::<f32>::with_capacity(n_q),
+            Vec::<f32>::with_capacity(n_k),
+            Vec::<f32>::with_capacity(n_v),
+        );
+        // Written whole by the heads' products (each head its column block of every row).
+        dq.spare_capacity_mut()[..n_q]
+            .par_chunks_mut(seq_q * heads * d)
+            .zip(dk.spare_capacity_mut()[..n_k].par_chunks_mut(seq_k * heads * d))
+            .zip(dv.spare_capacity_mut()[..n_v].par_chunks_mut(seq_k * heads * d_v))
             .enumerate()
             .for_each(|(b, ((dq, dk), dv))| {
                 let mut ds = vec![0.0f32; seq_q * seq_k];
@@ -451,11 +470,10 @@ impl Backward<Flex, 3> for AttentionBackward {
                     let p = &state.probs[pair * seq_q * seq_k..][..seq_q * seq_k];
                     // dV = Pᵀ dO
                     let dv = &mut dv[h * d_v..];
-                    matmul(
+                    matmul_uninit(
                         (seq_k, d_v, seq_q),
                         dv,
                         (heads * d_v, 1),
-                        false,
                         p,
                         (1, seq_k),
                         d_o,
@@ -479,11 +497,10 @@ impl Backward<Flex, 3> for AttentionBackward {
                     }
                     // dQ = dS K, dK = dSᵀ Q
                     let dq = &mut dq[h * d..];
-                    matmul(
+                    matmul_uninit(
                         (seq_q, d, seq_k),
                         dq,
                         (heads * d, 1),
-                        false,
                         &ds,
                         (seq_k, 1),
                         k,
@@ -491,11 +508,10 @@ impl Backward<Flex, 3> for AttentionBackward {
                         false,
                     );
                     let dk = &mut dk[h * d..];
-                    matmul(
+                    matmul_uninit(
                         (seq_k, d, seq_q),
                         dk,
                         (heads * d, 1),
-                        false,
                         &ds,
                         (1, seq_k),
                         q,
@@ -504,6 +520,12 @@ impl Backward<Flex, 3> for AttentionBackward {
                     );
                 }
             });
+        // SAFETY: every batch entry's block of the three buffers was written above.
+        unsafe {
+            dq.set_len(n_q);
+            dk.set_len(n_k);
+            dv.set_len(n_v);
+        }
         let [node_q, node_k, node_v] = ops.parents;
         if let Some(node) = node_q {
             let dq = flex_tensor(dq, [batch, seq_q, heads, d]).transpose(1, 2);

@@ -22,7 +22,9 @@ pub(crate) mod packed;
 #[cfg(test)]
 pub(crate) mod test_support;
 
-use burn::tensor::{Shape, TensorData};
+use core::mem::MaybeUninit;
+
+use burn::tensor::{DType, Shape, TensorData};
 use burn_flex::FlexTensor;
 
 /// `tensor` with a contiguous row-major layout (no copy when it already has one).
@@ -32,6 +34,19 @@ pub(crate) fn contiguous(tensor: FlexTensor) -> FlexTensor {
     } else {
         tensor.to_contiguous()
     }
+}
+
+/// `tensor` itself when it may be overwritten in place: `f32`, the only holder of its buffer,
+/// and laid out over the whole buffer in order (so [`FlexTensor::try_storage_mut`] gives
+/// exactly its values); otherwise `Err(tensor)`.
+pub(crate) fn unique_contiguous(mut tensor: FlexTensor) -> Result<FlexTensor, FlexTensor> {
+    let n = tensor.layout().num_elements();
+    let fits = tensor.dtype() == DType::F32
+        && tensor.layout().contiguous_offsets() == Some((0, n))
+        && tensor
+            .try_storage_mut::<f32>()
+            .is_some_and(|s| s.len() == n);
+    if fits { Ok(tensor) } else { Err(tensor) }
 }
 
 /// The values of a contiguous `f32` tensor.
@@ -187,6 +202,53 @@ pub(crate) fn matmul_new(
         out.set_len(m * n);
     }
     out
+}
+
+/// `dst = lhs * rhs` into uninitialised memory: afterwards every element of `dst`'s
+/// `[m, n]` view is initialised (elements outside the view are left as they were).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_uninit(
+    (m, n, k): (usize, usize, usize),
+    dst: &mut [MaybeUninit<f32>],
+    dst_strides: (usize, usize),
+    lhs: &[f32],
+    lhs_strides: (usize, usize),
+    rhs: &[f32],
+    rhs_strides: (usize, usize),
+    parallel: bool,
+) {
+    check_views(
+        (m, n, k),
+        Some((dst.len(), dst_strides)),
+        lhs,
+        lhs_strides,
+        rhs,
+        rhs_strides,
+    );
+    // SAFETY: the views were bounds-checked above; `dst` is borrowed mutably, so it aliases
+    // neither input; without `read_dst` the product writes its view before reading it.
+    unsafe {
+        gemm::sgemm_ptr(
+            (m, n, k),
+            dst.as_mut_ptr().cast::<f32>(),
+            dst_strides,
+            false,
+            lhs,
+            lhs_strides,
+            rhs,
+            rhs_strides,
+            parallel,
+        );
+    }
+}
+
+/// `memory` as the floats it now holds.
+///
+/// # Safety
+/// Every element must have been written.
+pub(crate) unsafe fn assume_init(memory: &mut [MaybeUninit<f32>]) -> &mut [f32] {
+    // SAFETY: `MaybeUninit<f32>` has `f32`'s layout; every element is initialised (caller).
+    unsafe { &mut *(memory as *mut [MaybeUninit<f32>] as *mut [f32]) }
 }
 
 /// Whether lmforge's own matrix product runs ([`gemm`]): yes, unless the environment variable
