@@ -276,7 +276,8 @@ mod tests {
 
     /// The fused loss (flex) equals the composed one in per-target loss, NLL and gradient,
     /// with ignored targets, with and without label smoothing, for rows longer than the
-    /// vector lanes.
+    /// vector lanes; on logits the caller still holds (which the backward must leave intact)
+    /// and on fresh ones (which it turns into their gradient in place).
     #[test]
     fn fused_equals_composed_values_and_gradients() {
         let device = reference_device().clone().autodiff();
@@ -285,23 +286,33 @@ mod tests {
             .map(|i| ((i * 7919 % 2003) as f32 / 2003.0 - 0.5) * 6.0)
             .collect();
         let labels = vec![3i64, -100, 36, 0, 17, -100, 20];
-        for eps in [0.0, 0.1] {
+        for (eps, fresh) in [(0.0, false), (0.1, false), (0.1, true)] {
             let loss = CrossEntropy::new().with_label_smoothing(eps).unwrap();
             let run = |fused: bool| {
                 let x =
                     Tensor::<2>::from_data(TensorData::new(values.clone(), [n, classes]), &device)
                         .require_grad();
                 let t = Tensor::<1, Int>::from_data(TensorData::new(labels.clone(), [n]), &device);
+                let logits = if fresh { x.clone() * 2.0 } else { x.clone() };
                 let (per_target, nll) = if fused {
-                    lmforge_layers::cross_entropy_rows(&x, &t, IGNORE_INDEX, eps)
-                        .expect("flex (the reference device) runs the fused loss")
+                    // `logits` is dropped here, as in `CrossEntropy::forward`: only `x` (the
+                    // caller's tensor) may still hold the buffer.
+                    let rows = lmforge_layers::cross_entropy_rows(&logits, &t, IGNORE_INDEX, eps);
+                    drop(logits);
+                    rows.expect("flex (the reference device) runs the fused loss")
                 } else {
                     let ignored = t.clone().equal_elem(IGNORE_INDEX);
-                    loss.composed(x.clone(), t, ignored)
+                    loss.composed(logits, t, ignored)
                 };
-                let values = |t: Tensor<1>| t.into_data().try_into_vec::<f32>().unwrap();
-                let (per, nll) = (values(per_target.clone()), values(nll));
-                (per, nll, gradient(&x, per_target.sum()))
+                let read = |t: Tensor<1>| t.into_data().try_into_vec::<f32>().unwrap();
+                let (per, nll) = (read(per_target.clone()), read(nll));
+                let grad = gradient(&x, per_target.sum());
+                let kept = x.into_data().try_into_vec::<f32>().unwrap();
+                assert_eq!(
+                    kept, values,
+                    "the backward overwrote logits the caller holds"
+                );
+                (per, nll, grad)
             };
             let (fused, composed) = (run(true), run(false));
             for (name, a, b, bound) in [

@@ -16,7 +16,7 @@ use burn_tensor::DispatchTensor;
 use rayon::prelude::*;
 
 use super::math::{exp, simd_dispatch};
-use super::{contiguous, flex_tensor, slice};
+use super::{contiguous, flex_tensor, slice, unique_contiguous};
 
 /// Rows per rayon task.
 const ROWS: usize = 16;
@@ -58,11 +58,11 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
-    /// `dx = g (exp(x - lse) - off)` for one row (the target's `-(1 - ε)` is added by the
-    /// caller).
-    fn row_gradient(x: &[f32], lse: f32, g: f32, off: f32, dx: &mut [f32]) {
-        for (d, &v) in dx.iter_mut().zip(x) {
-            *d = g * (exp(v - lse) - off);
+    /// `x = g (exp(x - lse) - off)` in place for one row: the logits become their gradient
+    /// (the target's `-(1 - ε)` is added by the caller).
+    fn row_gradient(x: &mut [f32], lse: f32, g: f32, off: f32) {
+        for v in x.iter_mut() {
+            *v = g * (exp(*v - lse) - off);
         }
     }
 }
@@ -124,27 +124,32 @@ impl Backward<Flex, 1> for CrossEntropyBackward {
             return;
         };
         let state = ops.state;
-        let (x, g) = (slice(&state.logits), slice(&g));
+        let g = slice(&g);
         let classes = state.classes;
         let off = state.eps / classes as f32;
-        let mut dx = vec![0.0f32; x.len()];
-        dx.par_chunks_mut(ROWS * classes)
+        let shape = state.logits.layout().shape().clone();
+        // The logits become their gradient in place when the node held the last reference to
+        // them (the usual case); otherwise a copy does.
+        let mut dx = unique_contiguous(state.logits).unwrap_or_else(|logits| {
+            flex_tensor(slice(&contiguous(logits)).to_vec(), shape.clone())
+        });
+        let xs: &mut [f32] = dx.try_storage_mut().expect("unique by construction");
+        xs.par_chunks_mut(ROWS * classes)
             .enumerate()
-            .for_each(|(block, dx)| {
-                for (i, dx) in dx.chunks_mut(classes).enumerate() {
+            .for_each(|(block, rows)| {
+                for (i, row) in rows.chunks_mut(classes).enumerate() {
                     let r = block * ROWS + i;
                     match state.targets[r] {
                         Some(t) => {
-                            let row = &x[r * classes..][..classes];
-                            row_gradient(row, state.lse[r], g[r], off, dx);
-                            dx[t] -= g[r] * (1.0 - state.eps);
+                            row_gradient(row, state.lse[r], g[r], off);
+                            row[t] -= g[r] * (1.0 - state.eps);
                         }
-                        None => dx.fill(0.0),
+                        None => row.fill(0.0),
                     }
                 }
             });
-        let shape = state.logits.layout().shape().clone();
-        grads.register::<Flex>(parent.id, flex_tensor(dx, shape));
+        let dx = dx.with_layout(burn_flex::Layout::contiguous(shape));
+        grads.register::<Flex>(parent.id, dx);
     }
 }
 

@@ -5,6 +5,8 @@
 //! `x̂ = (x - mean) r`, `y = γ x̂ + β`. Backward, with `g = γ dy`:
 //! `dx = r (g - mean(g) - x̂ mean(g x̂))`, `dγ = Σ_rows dy x̂`, `dβ = Σ_rows dy`.
 
+use core::mem::MaybeUninit;
+
 use burn::tensor::{DType, Tensor};
 use burn_autodiff::Autodiff;
 use burn_autodiff::checkpoint::base::Checkpointer;
@@ -14,12 +16,12 @@ use burn_autodiff::checkpoint::strategy::{
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_dispatch::DispatchKindConversion;
-use burn_flex::{Flex, FlexTensor};
+use burn_flex::{Flex, FlexTensor, Layout};
 use burn_tensor::DispatchTensor;
 use rayon::prelude::*;
 
 use super::math::simd_dispatch;
-use super::{contiguous, flex_tensor, slice};
+use super::{contiguous, flex_tensor, slice, unique_contiguous};
 
 /// Rows per rayon task.
 const ROWS: usize = 64;
@@ -110,13 +112,20 @@ fn lane_sum(x: &[f32], f: impl Fn(f32) -> f32) -> f32 {
 
 simd_dispatch! {
     /// One row: writes `y` and returns `(mean, 1/√(var + ε))` in `stats`.
-    fn row_forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32, y: &mut [f32], stats: &mut [f32]) {
+    fn row_forward(
+        x: &[f32],
+        gamma: &[f32],
+        beta: &[f32],
+        eps: f32,
+        y: &mut [MaybeUninit<f32>],
+        stats: &mut [f32],
+    ) {
         let d = x.len() as f32;
         let mean = lane_sum(x, |v| v) / d;
         let var = lane_sum(x, |v| (v - mean) * (v - mean)) / d;
         let r = 1.0 / (var + eps).sqrt();
         for (((y, &x), &g), &b) in y.iter_mut().zip(x).zip(gamma).zip(beta) {
-            *y = (x - mean) * r * g + b;
+            y.write((x - mean) * r * g + b);
         }
         stats[0] = mean;
         stats[1] = r;
@@ -124,13 +133,13 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
-    /// One row of the backward pass: writes `dx`, adds to `dgamma` and `dbeta`.
+    /// One row of the backward pass, in place: `g` holds `dy` on entry and `dx` on return;
+    /// adds to `dgamma` and `dbeta`.
     fn row_backward(
         x: &[f32],
-        dy: &[f32],
+        g: &mut [f32],
         gamma: &[f32],
         stats: &[f32],
-        dx: &mut [f32],
         dgamma: &mut [f32],
         dbeta: &mut [f32],
     ) {
@@ -141,7 +150,7 @@ simd_dispatch! {
         let (mut lanes_g, mut lanes_gx) = ([0.0f32; LANES], [0.0f32; LANES]);
         for ((x, dy), gamma) in x[..full]
             .chunks_exact(LANES)
-            .zip(dy[..full].chunks_exact(LANES))
+            .zip(g[..full].chunks_exact(LANES))
             .zip(gamma[..full].chunks_exact(LANES))
         {
             for l in 0..LANES {
@@ -151,7 +160,7 @@ simd_dispatch! {
             }
         }
         let (mut sum_g, mut sum_gx) = (0.0f32, 0.0f32);
-        for ((&x, &dy), &gamma) in x[full..].iter().zip(&dy[full..]).zip(&gamma[full..]) {
+        for ((&x, &dy), &gamma) in x[full..].iter().zip(&g[full..]).zip(&gamma[full..]) {
             let g = dy * gamma;
             sum_g += g;
             sum_gx += g * ((x - mean) * r);
@@ -159,11 +168,11 @@ simd_dispatch! {
         sum_g += lanes_g.iter().sum::<f32>();
         sum_gx += lanes_gx.iter().sum::<f32>();
         let (a, b) = (sum_g / d, sum_gx / d);
-        for (j, dx) in dx.iter_mut().enumerate() {
-            let xhat = (x[j] - mean) * r;
-            *dx = r * (dy[j] * gamma[j] - a - xhat * b);
-            dgamma[j] += dy[j] * xhat;
-            dbeta[j] += dy[j];
+        for (j, g) in g.iter_mut().enumerate() {
+            let (xhat, dy) = ((x[j] - mean) * r, *g);
+            *g = r * (dy * gamma[j] - a - xhat * b);
+            dgamma[j] += dy * xhat;
+            dbeta[j] += dy;
         }
     }
 }
@@ -172,22 +181,26 @@ simd_dispatch! {
 fn forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> (Vec<f32>, Vec<f32>) {
     let d = gamma.len();
     let rows = x.len() / d;
-    let mut y = vec![0.0f32; x.len()];
+    // Every row of `y` is written whole by `row_forward`: no zero fill.
+    let mut y: Vec<f32> = Vec::with_capacity(x.len());
     let mut stats = vec![0.0f32; 2 * rows];
-    let block = |(y, stats, x): (&mut [f32], &mut [f32], &[f32])| {
+    let block = |(y, stats, x): (&mut [MaybeUninit<f32>], &mut [f32], &[f32])| {
         for ((y, stats), x) in y.chunks_mut(d).zip(stats.chunks_mut(2)).zip(x.chunks(d)) {
             row_forward(x, gamma, beta, eps, y, stats);
         }
     };
+    let out = &mut y.spare_capacity_mut()[..x.len()];
     if rows <= ROWS {
         // One block: run here rather than hand it to the thread pool (decoding steps).
-        block((&mut y, &mut stats, x));
+        block((out, &mut stats, x));
     } else {
-        y.par_chunks_mut(ROWS * d)
+        out.par_chunks_mut(ROWS * d)
             .zip(stats.par_chunks_mut(ROWS * 2))
             .zip(x.par_chunks(ROWS * d))
             .for_each(|((y, stats), x)| block((y, stats, x)));
     }
+    // SAFETY: `row_forward` wrote every row.
+    unsafe { y.set_len(x.len()) };
     (y, stats)
 }
 
@@ -207,25 +220,23 @@ impl Backward<Flex, 3> for LayerNormBackward {
     type State = LayerNormState;
 
     fn backward(self, ops: Ops<Self::State, 3>, grads: &mut Gradients, _: &mut Checkpointer) {
-        let dy = contiguous(grads.consume::<Flex>(&ops.node));
+        let dy = grads.consume::<Flex>(&ops.node);
         let state = ops.state;
-        let (x, gamma, dy) = (slice(&state.x), slice(&state.gamma), slice(&dy));
+        let shape = state.x.layout().shape().clone();
+        // The incoming gradient becomes `dx` in place when nothing else holds its buffer.
+        let mut g = unique_contiguous(dy)
+            .unwrap_or_else(|dy| flex_tensor(slice(&contiguous(dy)).to_vec(), shape.clone()));
+        let (x, gamma) = (slice(&state.x), slice(&state.gamma));
         let d = gamma.len();
-        let mut dx = vec![0.0f32; x.len()];
-        let (dgamma, dbeta) = dx
+        let gs: &mut [f32] = g.try_storage_mut().expect("unique by construction");
+        let (dgamma, dbeta) = gs
             .par_chunks_mut(ROWS * d)
             .zip(x.par_chunks(ROWS * d))
-            .zip(dy.par_chunks(ROWS * d))
             .zip(state.stats.par_chunks(ROWS * 2))
-            .map(|(((dx, x), dy), stats)| {
+            .map(|((g, x), stats)| {
                 let (mut dgamma, mut dbeta) = (vec![0.0f32; d], vec![0.0f32; d]);
-                for (((dx, x), dy), stats) in dx
-                    .chunks_mut(d)
-                    .zip(x.chunks(d))
-                    .zip(dy.chunks(d))
-                    .zip(stats.chunks(2))
-                {
-                    row_backward(x, dy, gamma, stats, dx, &mut dgamma, &mut dbeta);
+                for ((g, x), stats) in g.chunks_mut(d).zip(x.chunks(d)).zip(stats.chunks(2)) {
+                    row_backward(x, g, gamma, stats, &mut dgamma, &mut dbeta);
                 }
                 (dgamma, dbeta)
             })
@@ -239,7 +250,7 @@ impl Backward<Flex, 3> for LayerNormBackward {
             );
         let [node_x, node_gamma, node_beta] = ops.parents;
         if let Some(node) = node_x {
-            grads.register::<Flex>(node.id, flex_tensor(dx, state.x.layout().shape().clone()));
+            grads.register::<Flex>(node.id, g.with_layout(Layout::contiguous(shape)));
         }
         if let Some(node) = node_gamma {
             grads.register::<Flex>(node.id, flex_tensor(dgamma, [d]));
@@ -266,7 +277,16 @@ mod tests {
         Tensor::from_data(TensorData::new(values, shape), device)
     }
 
-    fn run(device: &Device, shape: [usize; 3], transpose: bool, fused: bool) -> Vec<Vec<f32>> {
+    /// `y`, `dx`, `dgamma`, `dbeta`; with `shared`, the loss reads `y + other` (the sum's
+    /// backward hands one gradient buffer to both, which the fused backward must not
+    /// overwrite), and asserts `other`'s gradient is still the upstream weights.
+    fn run(
+        device: &Device,
+        shape: [usize; 3],
+        transpose: bool,
+        fused: bool,
+        shared: bool,
+    ) -> Vec<Vec<f32>> {
         let d = if transpose { shape[1] } else { shape[2] };
         let x = input(shape, 1, device).require_grad();
         let gamma = input([d], 2, device).require_grad();
@@ -282,7 +302,21 @@ mod tests {
             burn::tensor::module::layer_norm(xin, gamma.clone(), Some(beta.clone()), 1e-5)
         };
         let weights = input(y.dims(), 4, device);
-        let grads = (y.clone() * weights).sum().backward();
+        let other = input(y.dims(), 5, device).require_grad();
+        let read = if shared {
+            y.clone() + other.clone()
+        } else {
+            y.clone()
+        };
+        let grads = (read * weights.clone()).sum().backward();
+        if shared {
+            let d_other = values(other.grad(&grads).unwrap());
+            assert_eq!(
+                d_other,
+                values(weights),
+                "a shared gradient was overwritten"
+            );
+        }
         vec![
             values(y),
             values(x.grad(&grads).unwrap()),
@@ -300,10 +334,14 @@ mod tests {
             flex.clone().autodiff(),
             flex.clone().autodiff().gradient_checkpointing(),
         ] {
-            for (shape, transpose) in [([3, 70, 48], false), ([2, 33, 9], true), ([1, 1, 5], false)]
-            {
-                let fused = run(&device, shape, transpose, true);
-                let composed = run(&device, shape, transpose, false);
+            for (shape, transpose, shared) in [
+                ([3, 70, 48], false, false),
+                ([3, 70, 48], false, true),
+                ([2, 33, 9], true, false),
+                ([1, 1, 5], false, false),
+            ] {
+                let fused = run(&device, shape, transpose, true, shared);
+                let composed = run(&device, shape, transpose, false, shared);
                 for (name, (a, b)) in ["y", "dx", "dgamma", "dbeta"]
                     .iter()
                     .zip(fused.iter().zip(&composed))
