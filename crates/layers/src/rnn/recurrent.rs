@@ -237,12 +237,21 @@ impl RecurrentWeights {
     ) -> (Tensor<3>, DirState) {
         let xp = self.project_input(cell, x);
         #[cfg(feature = "flex")]
-        if let (Cell::Lstm, Some(c0)) = (cell, &state.c)
-            && let Some(packed) =
-                super::fused_lstm::lstm_sequence(&xp, &self.weight_hh.val(), &state.h, c0, reverse)
-        {
-            return unpack_lstm(packed, reverse);
-        }
+        let xp = match (cell, &state.c) {
+            (Cell::Lstm, Some(c0)) => {
+                match super::fused_lstm::lstm_sequence(
+                    xp,
+                    &self.weight_hh.val(),
+                    &state.h,
+                    c0,
+                    reverse,
+                ) {
+                    Ok(packed) => return unpack_lstm(packed, reverse),
+                    Err(xp) => xp,
+                }
+            }
+            _ => xp,
+        };
         self.run_steps(cell, xp, state, reverse)
     }
 

@@ -26,34 +26,30 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
-    /// Backward cell update of one row. `gates` holds the activated gates, `c` and `c_prev` the
-    /// cell states after and before the step, `dh` the gradient of the step's hidden state.
-    /// `dc` (the cell-state gradient from the later steps) becomes the gradient of `c_prev`;
-    /// `da` receives the gradient of the gate pre-activations.
+    /// Backward cell update of one row, in place: `ga` holds the activated gates on entry and
+    /// the gradient of the gate pre-activations on return. `c` and `c_prev` are the cell
+    /// states after and before the step, `dh` the gradient of the step's hidden state; `dc`
+    /// (the cell-state gradient from the later steps) becomes the gradient of `c_prev`.
     pub(super) fn backward(
-        gates: &[f32],
+        ga: &mut [f32],
         c: &[f32],
         c_prev: &[f32],
         dh: &[f32],
         dc: &mut [f32],
-        da: &mut [f32],
     ) {
         let hidden = c.len();
-        let (i, rest) = gates.split_at(hidden);
-        let (f, rest) = rest.split_at(hidden);
-        let (g, o) = rest.split_at(hidden);
-        let (da_i, rest) = da.split_at_mut(hidden);
-        let (da_f, rest) = rest.split_at_mut(hidden);
-        let (da_g, da_o) = rest.split_at_mut(hidden);
+        let (i, rest) = ga.split_at_mut(hidden);
+        let (f, rest) = rest.split_at_mut(hidden);
+        let (g, o) = rest.split_at_mut(hidden);
         let (c_prev, dh, dc) = (&c_prev[..hidden], &dh[..hidden], &mut dc[..hidden]);
         for j in 0..hidden {
             let (iv, fv, gv, ov) = (i[j], f[j], g[j], o[j]);
             let tc = tanh(c[j]);
             let dcv = dc[j] + dh[j] * ov * (1.0 - tc * tc);
-            da_i[j] = dcv * gv * iv * (1.0 - iv);
-            da_f[j] = dcv * c_prev[j] * fv * (1.0 - fv);
-            da_g[j] = dcv * iv * (1.0 - gv * gv);
-            da_o[j] = dh[j] * tc * ov * (1.0 - ov);
+            i[j] = dcv * gv * iv * (1.0 - iv);
+            f[j] = dcv * c_prev[j] * fv * (1.0 - fv);
+            g[j] = dcv * iv * (1.0 - gv * gv);
+            o[j] = dh[j] * tc * ov * (1.0 - ov);
             dc[j] = dcv * fv;
         }
     }

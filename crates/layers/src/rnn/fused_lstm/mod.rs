@@ -30,14 +30,14 @@ use burn_autodiff::checkpoint::strategy::{
 use burn_autodiff::grads::Gradients;
 use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_dispatch::DispatchKindConversion;
-use burn_flex::{Flex, FlexTensor};
+use burn_flex::{Flex, FlexTensor, Layout};
 use burn_tensor::DispatchTensor;
 use rayon::prelude::*;
 
 mod cell;
 mod packed;
 
-use crate::fused::{contiguous, flex_tensor, matmul, slice};
+use crate::fused::{contiguous, flex_tensor, matmul, slice, unique_contiguous};
 use packed::Packed;
 
 /// Runs one LSTM direction over a projected sequence as one fused operation.
@@ -49,55 +49,78 @@ use packed::Packed;
 /// - `reverse`: run from the last position to the first.
 ///
 /// Returns `[batch_size, seq_length + 1, d_hidden]`: the hidden state of every position (in
-/// time order) followed by the final cell state. `None` when the tensors are not `f32` flex
-/// tensors; the caller then runs the composed ops.
+/// time order) followed by the final cell state. `Err(xp)` when the tensors are not `f32`
+/// flex tensors; the caller then runs the composed ops on `xp`.
+///
+/// `xp` is taken by value: when nothing else holds its buffer, the gates are computed in it
+/// (and, in the backward pass, their gradient), instead of in a copy.
 pub(crate) fn lstm_sequence(
-    xp: &Tensor<3>,
+    xp: Tensor<3>,
     w_hh: &Tensor<2>,
     h0: &Tensor<2>,
     c0: &Tensor<2>,
     reverse: bool,
-) -> Option<Tensor<3>> {
+) -> Result<Tensor<3>, Tensor<3>> {
     if [xp.dtype(), w_hh.dtype(), h0.dtype(), c0.dtype()]
         .iter()
         .any(|&d| d != DType::F32)
     {
-        return None;
+        return Err(xp);
     }
-    if let Some(out) = on_autodiff::<NoCheckpointing>(xp, w_hh, h0, c0, reverse) {
-        return Some(out);
+    let on = |xp: &Tensor<3>, t: &Tensor<2>| -> [bool; 3] {
+        [
+            xp.clone()
+                .try_into_primitive::<Autodiff<Flex, NoCheckpointing>>()
+                .is_ok()
+                && t.clone()
+                    .try_into_primitive::<Autodiff<Flex, NoCheckpointing>>()
+                    .is_ok(),
+            xp.clone()
+                .try_into_primitive::<Autodiff<Flex, BalancedCheckpointing>>()
+                .is_ok()
+                && t.clone()
+                    .try_into_primitive::<Autodiff<Flex, BalancedCheckpointing>>()
+                    .is_ok(),
+            xp.clone().try_into_primitive::<Flex>().is_ok()
+                && t.clone().try_into_primitive::<Flex>().is_ok(),
+        ]
+    };
+    let all = |xp: &Tensor<3>| {
+        let [w, h, c] = [on(xp, w_hh), on(xp, h0), on(xp, c0)];
+        [0, 1, 2].map(|i| w[i] && h[i] && c[i])
+    };
+    match all(&xp) {
+        [true, _, _] => on_autodiff::<NoCheckpointing>(xp, w_hh, h0, c0, reverse),
+        [_, true, _] => on_autodiff::<BalancedCheckpointing>(xp, w_hh, h0, c0, reverse),
+        [_, _, true] => {
+            let prim = |t: &Tensor<2>| contiguous(t.clone().try_into_primitive::<Flex>().unwrap());
+            let xp = contiguous(xp.try_into_primitive::<Flex>().unwrap());
+            let (out, _) = forward(xp, &prim(w_hh), &prim(h0), &prim(c0), reverse);
+            Ok(Tensor::from_primitive::<Flex>(out))
+        }
+        _ => Err(xp),
     }
-    if let Some(out) = on_autodiff::<BalancedCheckpointing>(xp, w_hh, h0, c0, reverse) {
-        return Some(out);
-    }
-    let [xp_p, w_p, h0_p, c0_p] = [
-        contiguous(xp.clone().try_into_primitive::<Flex>().ok()?),
-        contiguous(w_hh.clone().try_into_primitive::<Flex>().ok()?),
-        contiguous(h0.clone().try_into_primitive::<Flex>().ok()?),
-        contiguous(c0.clone().try_into_primitive::<Flex>().ok()?),
-    ];
-    let (out, _) = forward(&xp_p, &w_p, &h0_p, &c0_p, reverse);
-    Some(Tensor::from_primitive::<Flex>(out))
 }
 
-/// The fused operation on `Autodiff<Flex, C>` tensors, recording one backward node.
+/// The fused operation on `Autodiff<Flex, C>` tensors (checked by the caller), recording one
+/// backward node.
 fn on_autodiff<C: CheckpointStrategy>(
-    xp: &Tensor<3>,
+    xp: Tensor<3>,
     w_hh: &Tensor<2>,
     h0: &Tensor<2>,
     c0: &Tensor<2>,
     reverse: bool,
-) -> Option<Tensor<3>>
+) -> Result<Tensor<3>, Tensor<3>>
 where
     DispatchTensor: DispatchKindConversion<Autodiff<Flex, C>>,
 {
-    let xp = xp.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
-    let w = w_hh
-        .clone()
+    let autodiff = |t: &Tensor<2>| t.clone().try_into_primitive::<Autodiff<Flex, C>>();
+    let (Ok(w), Ok(h0), Ok(c0)) = (autodiff(w_hh), autodiff(h0), autodiff(c0)) else {
+        return Err(xp);
+    };
+    let xp = xp
         .try_into_primitive::<Autodiff<Flex, C>>()
-        .ok()?;
-    let h0 = h0.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
-    let c0 = c0.clone().try_into_primitive::<Autodiff<Flex, C>>().ok()?;
+        .expect("checked by the caller");
     let guards = [xp.node(), w.node(), h0.node(), c0.node()];
     let (xp, w, h0, c0) = (
         contiguous(xp.into_primitive()),
@@ -105,7 +128,7 @@ where
         contiguous(h0.into_primitive()),
         contiguous(c0.into_primitive()),
     );
-    let (out, saved) = forward(&xp, &w, &h0, &c0, reverse);
+    let (out, saved) = forward(xp, &w, &h0, &c0, reverse);
     let out = match LstmBackward.prepare::<C>(guards).compute_bound().stateful() {
         OpsKind::Tracked(prep) => {
             let state = LstmState {
@@ -120,7 +143,7 @@ where
         }
         OpsKind::UnTracked(prep) => prep.finish(out),
     };
-    Some(Tensor::from_primitive::<Autodiff<Flex, C>>(out))
+    Ok(Tensor::from_primitive::<Autodiff<Flex, C>>(out))
 }
 
 /// Sizes of one fused run.
@@ -153,8 +176,10 @@ impl Dims {
 #[derive(Clone, Debug)]
 struct Saved {
     dims: Dims,
-    /// Activated gates `i, f, g, o` of every position, `[batch, seq, 4 * hidden]`.
-    gates: Vec<f32>,
+    /// Activated gates `i, f, g, o` of every position, `[batch, seq, 4 * hidden]` (the
+    /// backward pass turns them into their gradient in place when it holds the only
+    /// reference).
+    gates: FlexTensor,
     /// Cell state after every position, `[batch, seq, hidden]`.
     cells: Vec<f32>,
 }
@@ -172,9 +197,9 @@ struct LstmState {
 }
 
 /// The forward pass on contiguous tensors. Returns the packed output and what the backward
-/// pass needs.
+/// pass needs. The gates are computed in `xp`'s buffer when nothing else holds it.
 fn forward(
-    xp: &FlexTensor,
+    xp: FlexTensor,
     w: &FlexTensor,
     h0: &FlexTensor,
     c0: &FlexTensor,
@@ -188,18 +213,19 @@ fn forward(
     };
     let Dims { batch, seq, hidden } = dims;
     let g4 = dims.gates();
-    let (xp, w, h0, c0) = (slice(xp), slice(w), slice(h0), slice(c0));
+    let (w, h0, c0) = (slice(w), slice(h0), slice(c0));
 
     // W_hh^T, `[hidden, 4 * hidden]`, packed once for every step of every thread.
     let w_t = Packed::new(hidden, g4, |row, col| w[col * hidden + row]);
     let mut out = vec![0.0f32; batch * (seq + 1) * hidden];
-    // Each step adds `h_prev W_hh^T` to the projected input in place: start from a copy of it
-    // (same layout, `[batch, seq, 4 * hidden]`).
-    let mut gates = xp.to_vec();
+    // Each step adds `h_prev W_hh^T` to the projected input in place: in `xp` itself when
+    // nothing else holds it, else in a copy (same layout, `[batch, seq, 4 * hidden]`).
+    let mut gates = owned(xp);
     let mut cells = vec![0.0f32; batch * seq * hidden];
     let rows = dims.rows_per_block();
+    let gates_mut: &mut [f32] = gates.try_storage_mut().expect("unique by construction");
     out.par_chunks_mut(rows * (seq + 1) * hidden)
-        .zip(gates.par_chunks_mut(rows * seq * g4))
+        .zip(gates_mut.par_chunks_mut(rows * seq * g4))
         .zip(cells.par_chunks_mut(rows * seq * hidden))
         .enumerate()
         .for_each(|(block, ((out, gates), cells))| {
@@ -244,30 +270,42 @@ fn forward(
 
 /// Gradients of the four inputs.
 struct Grads {
-    xp: Vec<f32>,
+    xp: FlexTensor,
     w: Vec<f32>,
     h0: Vec<f32>,
     c0: Vec<f32>,
 }
 
-/// Back-propagation through time. `grad` is the gradient of the packed output.
-fn backward(state: &LstmState, grad: &[f32]) -> Grads {
-    let Saved { dims, gates, cells } = &state.saved;
-    let dims = *dims;
+/// A contiguous tensor the caller may overwrite: `tensor` when it holds the only reference to
+/// its buffer, else a copy.
+fn owned(tensor: FlexTensor) -> FlexTensor {
+    unique_contiguous(tensor).unwrap_or_else(|t| {
+        let shape = t.layout().shape().clone();
+        flex_tensor(slice(&contiguous(t)).to_vec(), shape)
+    })
+}
+
+/// Back-propagation through time. `grad` is the gradient of the packed output. The gates'
+/// buffer becomes the gradient of the pre-activations (in place when the state holds the only
+/// reference).
+fn backward(state: LstmState, grad: &[f32]) -> Grads {
+    let LstmState {
+        saved: Saved { dims, gates, cells },
+        out,
+        w,
+        h0,
+        c0,
+        reverse,
+    } = state;
     let Dims { batch, seq, hidden } = dims;
     let g4 = dims.gates();
-    let reverse = state.reverse;
-    let (w, h0, c0, out) = (
-        slice(&state.w),
-        slice(&state.h0),
-        slice(&state.c0),
-        slice(&state.out),
-    );
+    let (w, h0, c0, out) = (slice(&w), slice(&h0), slice(&c0), slice(&out));
     let (gs, cs, os) = (seq * g4, seq * hidden, (seq + 1) * hidden);
 
     // W_hh, `[4 * hidden, hidden]`, packed once for every step of every thread.
     let w_p = Packed::new(g4, hidden, |row, col| w[row * hidden + col]);
-    let mut dxp = vec![0.0f32; batch * gs];
+    let mut dxp_t = owned(gates);
+    let dxp: &mut [f32] = dxp_t.try_storage_mut().expect("unique by construction");
     let mut dh0 = vec![0.0f32; batch * hidden];
     let mut dc0 = vec![0.0f32; batch * hidden];
     let rows = dims.rows_per_block();
@@ -278,7 +316,6 @@ fn backward(state: &LstmState, grad: &[f32]) -> Grads {
         .for_each(|(block, ((dxp, dh), dc))| {
             let b0 = block * rows;
             let nb = dh.len() / hidden;
-            let gates = &gates[b0 * gs..];
             let cells = &cells[b0 * cs..];
             let grad = &grad[b0 * os..];
             // dc starts as the gradient of the final cell state; dh (the gradient flowing into
@@ -301,12 +338,11 @@ fn backward(state: &LstmState, grad: &[f32]) -> Grads {
                         *d += g;
                     }
                     cell::backward(
-                        &gates[r * gs + t * g4..][..g4],
+                        &mut dxp[r * gs + t * g4..][..g4],
                         &cells[r * cs + t * hidden..][..hidden],
                         c_prev,
                         dh,
                         &mut dc[r * hidden..][..hidden],
-                        &mut dxp[r * gs + t * g4..][..g4],
                     );
                 }
                 // dh_prev = dA_t W_hh
@@ -333,14 +369,14 @@ fn backward(state: &LstmState, grad: &[f32]) -> Grads {
         &mut dw,
         (hidden, 1),
         false,
-        &dxp,
+        dxp,
         (1, g4),
         &h_prev,
         (hidden, 1),
         true,
     );
     Grads {
-        xp: dxp,
+        xp: dxp_t,
         w: dw,
         h0: dh0,
         c0: dc0,
@@ -358,10 +394,12 @@ impl Backward<Flex, 4> for LstmBackward {
         let grad = contiguous(grads.consume::<Flex>(&ops.node));
         let state = ops.state;
         let Dims { batch, seq, hidden } = state.saved.dims;
-        let g = backward(&state, slice(&grad));
+        let g = backward(state, slice(&grad));
         let [xp, w, h0, c0] = ops.parents;
         if let Some(node) = xp {
-            grads.register::<Flex>(node.id, flex_tensor(g.xp, [batch, seq, 4 * hidden]));
+            let dxp =
+                g.xp.with_layout(Layout::contiguous([batch, seq, 4 * hidden].into()));
+            grads.register::<Flex>(node.id, dxp);
         }
         if let Some(node) = w {
             grads.register::<Flex>(node.id, flex_tensor(g.w, [4 * hidden, hidden]));
@@ -459,7 +497,7 @@ mod tests {
                 let xp: Tensor<3> = tensor([2, 3, 8], 1, &device);
                 let w: Tensor<2> = tensor([8, 2], 2, &device);
                 let h0: Tensor<2> = tensor([2, 2], 3, &device);
-                let fused = lstm_sequence(&xp, &w, &h0, &h0, false);
+                let fused = lstm_sequence(xp, &w, &h0, &h0, false).ok();
                 assert_eq!(
                     fused.is_some(),
                     selected.backend == Backend::Flex,
