@@ -54,6 +54,9 @@ use packed::Packed;
 ///
 /// `xp` is taken by value: when nothing else holds its buffer, the gates are computed in it
 /// (and, in the backward pass, their gradient), instead of in a copy.
+// The `Err` side hands the caller's own tensor back (not an error value): boxing it would
+// cost an allocation per call for nothing.
+#[allow(clippy::result_large_err)]
 pub(crate) fn lstm_sequence(
     xp: Tensor<3>,
     w_hh: &Tensor<2>,
@@ -103,7 +106,8 @@ pub(crate) fn lstm_sequence(
 }
 
 /// The fused operation on `Autodiff<Flex, C>` tensors (checked by the caller), recording one
-/// backward node.
+/// backward node. `Err(xp)` as in [`lstm_sequence`].
+#[allow(clippy::result_large_err)]
 fn on_autodiff<C: CheckpointStrategy>(
     xp: Tensor<3>,
     w_hh: &Tensor<2>,
