@@ -37,7 +37,7 @@ use rayon::prelude::*;
 mod cell;
 mod packed;
 
-use crate::fused::{contiguous, flex_tensor, matmul, slice, unique_contiguous};
+use crate::fused::{contiguous, flex_tensor, matmul_new, slice, unique_contiguous};
 use packed::Packed;
 
 /// Runs one LSTM direction over a projected sequence as one fused operation.
@@ -367,18 +367,7 @@ fn backward(state: LstmState, grad: &[f32]) -> Grads {
             h_prev[(b * seq + t) * hidden..][..hidden].copy_from_slice(src);
         }
     }
-    let mut dw = vec![0.0f32; g4 * hidden];
-    matmul(
-        (g4, hidden, batch * seq),
-        &mut dw,
-        (hidden, 1),
-        false,
-        dxp,
-        (1, g4),
-        &h_prev,
-        (hidden, 1),
-        true,
-    );
+    let dw = matmul_new((g4, hidden, batch * seq), dxp, (1, g4), &h_prev, (hidden, 1));
     Grads {
         xp: dxp_t,
         w: dw,
