@@ -367,7 +367,13 @@ fn backward(state: LstmState, grad: &[f32]) -> Grads {
             h_prev[(b * seq + t) * hidden..][..hidden].copy_from_slice(src);
         }
     }
-    let dw = matmul_new((g4, hidden, batch * seq), dxp, (1, g4), &h_prev, (hidden, 1));
+    let dw = matmul_new(
+        (g4, hidden, batch * seq),
+        dxp,
+        (1, g4),
+        &h_prev,
+        (hidden, 1),
+    );
     Grads {
         xp: dxp_t,
         w: dw,
