@@ -615,6 +615,9 @@ fn every_model_type_is_packed_completely() {
     }
 
     let device = reference_device().clone();
+    // Seeded under the file's lock: the models (and so the error bounds below) are the same
+    // in every run.
+    device.seed(11);
     let x = tokens(&device);
     let bert = BertConfig::tiny(VOCAB).with_max_seq_length(32);
     check("masked lm", bert.init_masked_lm(&device).unwrap());
@@ -626,8 +629,8 @@ fn every_model_type_is_packed_completely() {
     );
     check("qa", bert.init_question_answering(&device).unwrap());
     // Sixteen labels: the error is measured against the largest logit, and with two labels
-    // (four logits for the two sequences) an unseeded initialisation sometimes gives only
-    // small logits (a relative error of 6% was seen once); the largest of 32 is not small.
+    // (four logits for the two sequences) some initialisations give only small logits (a
+    // relative error of 6% was seen once, before the seed); the largest of 32 is not small.
     let classifier = bert.init_sequence_classification(16, &device).unwrap();
     let packed = check("classification", classifier.clone());
     close(
