@@ -35,7 +35,7 @@
 
 use std::fmt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
@@ -96,10 +96,13 @@ impl Default for StepSettings {
 ///
 /// `TrainStep::step` runs [`Task::step`], scales the loss by
 /// [`StepSettings::loss_scale`], back-propagates and clips the gradient by its global norm;
-/// `InferenceStep::step` runs the task in evaluation mode. A failing task step (a token id out
-/// of range, a non-finite loss) panics with the task's message: burn-train's step signatures
-/// cannot return errors. [`LearnerTrainer::fit`] turns such a failure back into a
-/// [`TrainError`].
+/// `InferenceStep::step` runs the task in evaluation mode. burn-train's step signatures cannot
+/// return errors, so a failing task step (a token id out of range, a non-finite loss) is
+/// reported to the run's interrupter when the model has one ([`LearnerTrainer::fit`] attaches
+/// it): the step applies no update and burn-train stops, and `fit` returns the failure as
+/// [`TrainError::Learner`] without a panic (so it works under `panic = "abort"` too). A
+/// `TaskModel` driven without an interrupter (built with [`TaskModel::new`] and trained by
+/// other code) panics with the task's message instead.
 ///
 /// burn-train has no hook after an optimizer step, so [`Task::constrain`] is never called:
 /// tasks that constrain the model ([`Task::constrains`], e.g. pruning) belong to lmforge's
@@ -114,6 +117,56 @@ pub struct TaskModel<M: Module, T: Clone + fmt::Debug + Send + Sync> {
     /// Scaling, clipping and seeding of the steps.
     #[module(skip)]
     pub settings: StepSettings,
+    /// Where failing steps report themselves.
+    #[module(skip)]
+    failures: StepFailures,
+}
+
+/// The first failure of a run's [`TaskModel`] steps (shared by every replica), and the
+/// interrupter that stops the run.
+#[derive(Clone, Default)]
+struct StepFailures {
+    first: Arc<Mutex<Option<String>>>,
+    interrupter: Option<Interrupter>,
+}
+
+impl fmt::Debug for StepFailures {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StepFailures")
+            .field("first", &self.first())
+            .field("interrupting", &self.interrupter.is_some())
+            .finish()
+    }
+}
+
+impl StepFailures {
+    /// Reporting to `interrupter`.
+    fn to(interrupter: Interrupter) -> Self {
+        Self {
+            first: Arc::default(),
+            interrupter: Some(interrupter),
+        }
+    }
+
+    /// Keeps `message` (unless an earlier failure is kept) and stops the run; panics with it
+    /// when there is no interrupter to stop.
+    fn report(&self, message: String) {
+        let Some(interrupter) = &self.interrupter else {
+            panic!("{message}");
+        };
+        // A poisoned lock only means another replica panicked while holding it: the slot is
+        // still a plain `Option`, so keep using it.
+        let mut first = self.first.lock().unwrap_or_else(|e| e.into_inner());
+        if first.is_none() {
+            *first = Some(message.clone());
+        }
+        interrupter.stop(Some(&message));
+    }
+
+    /// The first failure reported, if any.
+    fn first(&self) -> Option<String> {
+        self.first.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
 }
 
 impl<M, T> TaskModel<M, T>
@@ -127,10 +180,33 @@ where
             model,
             task,
             settings,
+            failures: StepFailures::default(),
         }
     }
 
-    fn run(&self, batch: &TaskBatch<T::Item>, training: bool) -> StepOutput {
+    /// Reports failing steps to `interrupter` instead of panicking.
+    fn reporting_to(mut self, interrupter: Interrupter) -> Self {
+        self.failures = StepFailures::to(interrupter);
+        self
+    }
+
+    /// What a step that failed hands to burn-train: a NaN loss and no counts (its gradients
+    /// are empty, so the optimizer leaves the model as it is).
+    fn failed_output(&self) -> TaskOutput {
+        let device = model_device(&self.model);
+        TaskOutput {
+            loss: burn::tensor::Tensor::<1>::from_data([f32::NAN], &device),
+            loss_value: f64::NAN,
+            stats: LmStats {
+                nll_sum: 0.0,
+                count: 0,
+                correct: None,
+            },
+        }
+    }
+
+    /// The task's step, or `None` after reporting its failure.
+    fn run(&self, batch: &TaskBatch<T::Item>, training: bool) -> Option<StepOutput> {
         let device = model_device(&self.model);
         let seed = if training {
             mix(self.settings.seed, batch.position)
@@ -148,11 +224,14 @@ where
             position: batch.position,
         };
         match self.task.step(&self.model, &batch.items, &mut context) {
-            Ok(out) => out,
-            Err(err) => panic!(
-                "lmforge task step failed on batch {}: {err}",
-                batch.position
-            ),
+            Ok(out) => Some(out),
+            Err(err) => {
+                self.failures.report(format!(
+                    "lmforge task step failed on batch {}: {err}",
+                    batch.position
+                ));
+                None
+            }
         }
     }
 }
@@ -167,13 +246,20 @@ where
     type Output = TaskOutput;
 
     fn step(&self, batch: TaskBatch<T::Item>) -> burn::train::TrainOutput<TaskOutput> {
-        let out = self.run(&batch, true);
+        let skipped = |item| burn::train::TrainOutput {
+            grads: GradientsParams::new(),
+            item,
+        };
+        let Some(out) = self.run(&batch, true) else {
+            return skipped(self.failed_output());
+        };
         let item = TaskOutput::read(&out);
         if !item.loss_value.is_finite() {
-            panic!(
+            self.failures.report(format!(
                 "lmforge task step failed on batch {}: the loss is {}",
                 batch.position, item.loss_value
-            );
+            ));
+            return skipped(item);
         }
         let loss = out.loss.mul_scalar(self.settings.loss_scale);
         let mut grads = GradientsParams::from_grads(loss.backward(), &self.model);
@@ -194,7 +280,10 @@ where
     type Output = TaskOutput;
 
     fn step(&self, batch: TaskBatch<T::Item>) -> TaskOutput {
-        TaskOutput::read(&self.run(&batch, false))
+        match self.run(&batch, false) {
+            Some(out) => TaskOutput::read(&out),
+            None => self.failed_output(),
+        }
     }
 }
 
@@ -810,7 +899,10 @@ impl LearnerTrainer {
         let scheduler = config.optimizer.group_schedulers(&model, |factor| {
             ScheduleLr::new(config.schedule.clone(), steps, factor)
         })?;
-        let task_model = TaskModel::new(model, task.clone(), settings);
+        let interrupter = Interrupter::new();
+        let task_model =
+            TaskModel::new(model, task.clone(), settings).reporting_to(interrupter.clone());
+        let failures = task_model.failures.clone();
         let learner = Learner::new(task_model, optimizer, scheduler);
 
         let loader = |items: Vec<T::Item>| -> Arc<dyn DataLoader<TaskBatch<T::Item>>> {
@@ -832,7 +924,6 @@ impl LearnerTrainer {
                 devices: devices.clone(),
             },
         };
-        let interrupter = Interrupter::new();
         let mut training = SupervisedTraining::new(dir, loader(train), loader(valid))
             .with_training_strategy(TrainingStrategy::Default(strategy))
             .with_interrupter(interrupter.clone())
@@ -847,9 +938,14 @@ impl LearnerTrainer {
         if self.quiet {
             training = training.renderer(Box::new(Silent));
         }
+        // Task failures stop the run through the interrupter (no panic); a panic inside
+        // burn-train itself still becomes an error where unwinding is on.
         let launched =
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| training.launch(learner)));
         let failure = TrainError::Learner;
+        if let Some(message) = failures.first() {
+            return Err(failure(message));
+        }
         let result = launched.map_err(|payload| failure(panic_message(payload.as_ref())))?;
         if let Some(error) = interrupter.error() {
             return Err(failure(error.to_string()));

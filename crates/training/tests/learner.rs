@@ -296,6 +296,23 @@ fn ddp_on_devices_without_collectives_is_refused() {
     );
 }
 
+/// Runs `f` and counts the panics raised meanwhile (on any thread). The tests calling it
+/// hold `lock()`, so no other test of this file panics at the same time.
+fn panics_during<R>(f: impl FnOnce() -> R) -> (R, usize) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static PANICS: AtomicUsize = AtomicUsize::new(0);
+    PANICS.store(0, Ordering::SeqCst);
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {
+        PANICS.fetch_add(1, Ordering::SeqCst);
+    }));
+    let result = f();
+    std::panic::set_hook(previous);
+    (result, PANICS.load(Ordering::SeqCst))
+}
+
+/// A task error under the Learner stops the run and comes back typed, without a panic
+/// anywhere (so it holds under `panic = "abort"` too).
 #[test]
 fn a_failing_task_step_is_a_typed_error() {
     let _guard = lock();
@@ -303,15 +320,17 @@ fn a_failing_task_step_is_a_typed_error() {
     let config = LearnerConfig::new(1, 2, Schedule::constant(1e-3));
     // One-token rows: nothing to predict.
     let short = vec![vec![1u32]; 4];
-    let err = LearnerTrainer::new(config)
-        .fit(
+    let (result, panics) = panics_during(|| {
+        LearnerTrainer::new(config).fit(
             gpt(&device),
             &CausalLmTask::new(0),
             short,
             rows(),
             tmp("failing"),
         )
-        .unwrap_err();
+    });
+    let err = result.unwrap_err();
+    assert_eq!(panics, 0, "the failure went through a panic");
     assert!(
         matches!(&err, TrainError::Learner(m) if m.contains("at least 2 tokens")),
         "{err}"
@@ -323,20 +342,22 @@ fn a_failing_step_on_a_replica_is_a_typed_error() {
     let _guard = lock();
     let device = device();
     let config = LearnerConfig::new(1, 2, Schedule::constant(1e-3));
-    // Burn-train's multi-device workers catch the panic and stop training through the
-    // interrupter; the error comes back from there.
+    // Each replica reports to the one interrupter; the first failure comes back.
     let short = vec![vec![1u32]; 4];
-    let err = LearnerTrainer::new(config)
-        .with_devices(vec![device.clone(), device.clone()])
-        .quiet(true)
-        .fit(
-            gpt(&device),
-            &CausalLmTask::new(0),
-            short,
-            rows(),
-            tmp("failing-replica"),
-        )
-        .unwrap_err();
+    let (result, panics) = panics_during(|| {
+        LearnerTrainer::new(config)
+            .with_devices(vec![device.clone(), device.clone()])
+            .quiet(true)
+            .fit(
+                gpt(&device),
+                &CausalLmTask::new(0),
+                short,
+                rows(),
+                tmp("failing-replica"),
+            )
+    });
+    let err = result.unwrap_err();
+    assert_eq!(panics, 0, "the failure went through a panic");
     assert!(
         matches!(&err, TrainError::Learner(m) if m.contains("at least 2 tokens")),
         "{err}"

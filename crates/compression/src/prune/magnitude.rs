@@ -460,7 +460,9 @@ impl<M: Module, T: Task<M>> Task<M> for PrunedTask<T> {
                 let Some(mask_step) = schedule.mask_step(step) else {
                     return Ok(model);
                 };
-                let mut current = current.lock().expect("mask lock");
+                // A poisoned lock still holds a whole `(step, masks)` value (it is replaced,
+                // never edited in place), so carry on with it.
+                let mut current = current.lock().unwrap_or_else(|e| e.into_inner());
                 if current.as_ref().map(|(s, _)| *s) != Some(mask_step) {
                     let config = PruneConfig {
                         sparsity: schedule.sparsity_at(mask_step),

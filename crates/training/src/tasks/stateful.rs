@@ -91,7 +91,9 @@ impl Task<LstmLm> for StatefulLstmTask {
         let slot = usize::from(!context.training);
         let position = context.position;
         let previous = {
-            let mut states = self.states.lock().expect("state lock");
+            // A poisoned lock (a step panicked while holding it) still holds plain slots; at
+            // worst a slot is empty and this step starts from a fresh state.
+            let mut states = self.states.lock().unwrap_or_else(|e| e.into_inner());
             let carried = states[slot].take();
             match carried {
                 Some((at, state))
@@ -111,7 +113,8 @@ impl Task<LstmLm> for StatefulLstmTask {
         );
         let inputs = tokens.clone().slice([0..batch_size, 0..seq_length - 1]);
         let (logits, state) = model.forward(inputs, previous);
-        self.states.lock().expect("state lock")[slot] = Some((position, state.detach()));
+        self.states.lock().unwrap_or_else(|e| e.into_inner())[slot] =
+            Some((position, state.detach()));
         // A window's last token is only a target here; it is the next window's first input.
         let [_, steps, vocab_size] = logits.dims();
         let targets = tokens.slice([0..batch_size, 1..seq_length]);
