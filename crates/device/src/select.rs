@@ -68,13 +68,15 @@ impl Backend {
         }
     }
 
-    /// The cargo feature of the `lmforge` package (and of `lmforge-device`) that compiles it in.
+    /// The cargo feature of the `lmforge` package that compiles it in (the same name on
+    /// `lmforge-device`). burn's `cpu` backend has no facade feature (its build downloads LLVM,
+    /// see docs/backends.md): it is named through the device crate, `lmforge-device/cpu`.
     pub fn feature(self) -> &'static str {
         match self {
             Backend::Flex => "flex",
             Backend::Ndarray => "ndarray",
             Backend::Wgpu(_) => "wgpu",
-            Backend::Cpu => "cpu",
+            Backend::Cpu => "lmforge-device/cpu",
         }
     }
 
@@ -390,6 +392,32 @@ mod tests {
                 }
                 other => panic!("{backend}: expected NotCompiled, got {other:?}"),
             }
+        }
+    }
+
+    /// The feature each backend names exists where it says: on the `lmforge` package, or on
+    /// the crate before the `/`.
+    #[test]
+    fn every_named_feature_exists() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let features = |manifest: &std::path::Path| {
+            let text = std::fs::read_to_string(manifest).unwrap();
+            let section = text.split("[features]").nth(1).unwrap().to_string();
+            section.split("\n[").next().unwrap().to_string()
+        };
+        let facade = features(&dir.join("../../Cargo.toml"));
+        let device = features(&dir.join("Cargo.toml"));
+        for backend in Backend::ALL {
+            let (table, name) = match backend.feature().split_once('/') {
+                Some(("lmforge-device", name)) => (&device, name),
+                Some((other, _)) => panic!("{backend}: unexpected crate {other}"),
+                None => (&facade, backend.feature()),
+            };
+            assert!(
+                table.lines().any(|l| l.starts_with(&format!("{name} ="))),
+                "{backend}: feature `{}` not found",
+                backend.feature()
+            );
         }
     }
 
