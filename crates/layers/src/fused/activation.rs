@@ -17,7 +17,7 @@ use burn_tensor::DispatchTensor;
 use rayon::prelude::*;
 
 use super::math::{exp, normal_cdf, sigmoid, simd_dispatch};
-use super::{contiguous, flex_tensor, slice, unique_contiguous};
+use super::{contiguous, flex_tensor, slice, writable};
 
 /// Elements per rayon task.
 const CHUNK: usize = 1 << 14;
@@ -184,9 +184,7 @@ impl<A: Activation> Backward<Flex, 1> for UnaryBackward<A> {
         let (xs, ys) = (slice(&x), slice(&y));
         // The incoming gradient becomes the outgoing one in place when nothing else holds its
         // buffer (the usual case: the product after the activation wrote it); otherwise a copy.
-        let mut g = unique_contiguous(dy).unwrap_or_else(|dy| {
-            flex_tensor(slice(&contiguous(dy)).to_vec(), x.layout().shape().clone())
-        });
+        let mut g = writable(dy);
         let gs: &mut [f32] = g.try_storage_mut().expect("unique by construction");
         if xs.len() <= CHUNK {
             A::backward(xs, ys, gs);

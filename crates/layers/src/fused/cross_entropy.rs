@@ -16,7 +16,7 @@ use burn_tensor::DispatchTensor;
 use rayon::prelude::*;
 
 use super::math::{exp, simd_dispatch};
-use super::{contiguous, flex_tensor, slice, unique_contiguous};
+use super::{contiguous, flex_tensor, slice, writable};
 
 /// Rows per rayon task.
 const ROWS: usize = 16;
@@ -130,9 +130,7 @@ impl Backward<Flex, 1> for CrossEntropyBackward {
         let shape = state.logits.layout().shape().clone();
         // The logits become their gradient in place when the node held the last reference to
         // them (the usual case); otherwise a copy does.
-        let mut dx = unique_contiguous(state.logits).unwrap_or_else(|logits| {
-            flex_tensor(slice(&contiguous(logits)).to_vec(), shape.clone())
-        });
+        let mut dx = writable(state.logits);
         let xs: &mut [f32] = dx.try_storage_mut().expect("unique by construction");
         xs.par_chunks_mut(ROWS * classes)
             .enumerate()

@@ -21,7 +21,7 @@ use burn_tensor::DispatchTensor;
 use rayon::prelude::*;
 
 use super::math::simd_dispatch;
-use super::{contiguous, flex_tensor, slice, unique_contiguous};
+use super::{contiguous, flex_tensor, slice, writable};
 
 /// Rows per rayon task.
 const ROWS: usize = 64;
@@ -224,8 +224,7 @@ impl Backward<Flex, 3> for LayerNormBackward {
         let state = ops.state;
         let shape = state.x.layout().shape().clone();
         // The incoming gradient becomes `dx` in place when nothing else holds its buffer.
-        let mut g = unique_contiguous(dy)
-            .unwrap_or_else(|dy| flex_tensor(slice(&contiguous(dy)).to_vec(), shape.clone()));
+        let mut g = writable(dy);
         let (x, gamma) = (slice(&state.x), slice(&state.gamma));
         let d = gamma.len();
         let gs: &mut [f32] = g.try_storage_mut().expect("unique by construction");

@@ -36,17 +36,21 @@ pub(crate) fn contiguous(tensor: FlexTensor) -> FlexTensor {
     }
 }
 
-/// `tensor` itself when it may be overwritten in place: `f32`, the only holder of its buffer,
-/// and laid out over the whole buffer in order (so [`FlexTensor::try_storage_mut`] gives
-/// exactly its values); otherwise `Err(tensor)`.
-pub(crate) fn unique_contiguous(mut tensor: FlexTensor) -> Result<FlexTensor, FlexTensor> {
+/// A contiguous `f32` tensor the caller may overwrite in place: `tensor` itself when it is the
+/// only holder of its buffer and laid out over the whole of it in order (so
+/// [`FlexTensor::try_storage_mut`] gives exactly its values), else a contiguous copy.
+pub(crate) fn writable(mut tensor: FlexTensor) -> FlexTensor {
     let n = tensor.layout().num_elements();
-    let fits = tensor.dtype() == DType::F32
+    let in_place = tensor.dtype() == DType::F32
         && tensor.layout().contiguous_offsets() == Some((0, n))
         && tensor
             .try_storage_mut::<f32>()
             .is_some_and(|s| s.len() == n);
-    if fits { Ok(tensor) } else { Err(tensor) }
+    if in_place {
+        return tensor;
+    }
+    let shape = tensor.layout().shape().clone();
+    flex_tensor(slice(&contiguous(tensor)).to_vec(), shape)
 }
 
 /// The values of a contiguous `f32` tensor.
@@ -182,25 +186,19 @@ pub(crate) fn matmul_new(
     rhs: &[f32],
     rhs_strides: (usize, usize),
 ) -> Vec<f32> {
-    check_views((m, n, k), None, lhs, lhs_strides, rhs, rhs_strides);
     let mut out: Vec<f32> = Vec::with_capacity(m * n);
-    // SAFETY: the input views were bounds-checked; the spare capacity holds `m * n` floats,
-    // which the product writes in full without reading first (`read_dst` false: see
-    // `gemm::sgemm_ptr`), so they are initialized when the length is set.
-    unsafe {
-        gemm::sgemm_ptr(
-            (m, n, k),
-            out.spare_capacity_mut().as_mut_ptr().cast::<f32>(),
-            (n, 1),
-            false,
-            lhs,
-            lhs_strides,
-            rhs,
-            rhs_strides,
-            true,
-        );
-        out.set_len(m * n);
-    }
+    matmul_uninit(
+        (m, n, k),
+        &mut out.spare_capacity_mut()[..m * n],
+        (n, 1),
+        lhs,
+        lhs_strides,
+        rhs,
+        rhs_strides,
+        true,
+    );
+    // SAFETY: the product wrote its whole `[m, n]` view, which is the whole buffer.
+    unsafe { out.set_len(m * n) };
     out
 }
 
