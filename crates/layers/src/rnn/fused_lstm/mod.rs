@@ -37,7 +37,7 @@ use rayon::prelude::*;
 mod cell;
 mod packed;
 
-use crate::fused::{contiguous, flex_tensor, matmul_new, slice, unique_contiguous};
+use crate::fused::{contiguous, flex_tensor, matmul_new, slice, writable};
 use packed::Packed;
 
 /// Runs one LSTM direction over a projected sequence as one fused operation.
@@ -70,43 +70,36 @@ pub(crate) fn lstm_sequence(
     {
         return Err(xp);
     }
-    let on = |xp: &Tensor<3>, t: &Tensor<2>| -> [bool; 3] {
-        [
-            xp.clone()
-                .try_into_primitive::<Autodiff<Flex, NoCheckpointing>>()
-                .is_ok()
-                && t.clone()
-                    .try_into_primitive::<Autodiff<Flex, NoCheckpointing>>()
-                    .is_ok(),
-            xp.clone()
-                .try_into_primitive::<Autodiff<Flex, BalancedCheckpointing>>()
-                .is_ok()
-                && t.clone()
-                    .try_into_primitive::<Autodiff<Flex, BalancedCheckpointing>>()
-                    .is_ok(),
-            xp.clone().try_into_primitive::<Flex>().is_ok()
-                && t.clone().try_into_primitive::<Flex>().is_ok(),
-        ]
-    };
-    let all = |xp: &Tensor<3>| {
-        let [w, h, c] = [on(xp, w_hh), on(xp, h0), on(xp, c0)];
-        [0, 1, 2].map(|i| w[i] && h[i] && c[i])
-    };
-    match all(&xp) {
-        [true, _, _] => on_autodiff::<NoCheckpointing>(xp, w_hh, h0, c0, reverse),
-        [_, true, _] => on_autodiff::<BalancedCheckpointing>(xp, w_hh, h0, c0, reverse),
-        [_, _, true] => {
-            let prim = |t: &Tensor<2>| contiguous(t.clone().try_into_primitive::<Flex>().unwrap());
-            let xp = contiguous(xp.try_into_primitive::<Flex>().unwrap());
-            let (out, _) = forward(xp, &prim(w_hh), &prim(h0), &prim(c0), reverse);
-            Ok(Tensor::from_primitive::<Flex>(out))
-        }
-        _ => Err(xp),
+    // Dispatch on `xp`'s backend (checked on a clone of its handle); the other inputs are
+    // checked where they are converted.
+    if xp
+        .clone()
+        .try_into_primitive::<Autodiff<Flex, NoCheckpointing>>()
+        .is_ok()
+    {
+        return on_autodiff::<NoCheckpointing>(xp, w_hh, h0, c0, reverse);
     }
+    if xp
+        .clone()
+        .try_into_primitive::<Autodiff<Flex, BalancedCheckpointing>>()
+        .is_ok()
+    {
+        return on_autodiff::<BalancedCheckpointing>(xp, w_hh, h0, c0, reverse);
+    }
+    let flex = |t: &Tensor<2>| t.clone().try_into_primitive::<Flex>().map(contiguous);
+    let (Ok(w), Ok(h0), Ok(c0)) = (flex(w_hh), flex(h0), flex(c0)) else {
+        return Err(xp);
+    };
+    if xp.clone().try_into_primitive::<Flex>().is_err() {
+        return Err(xp);
+    }
+    let xp = contiguous(xp.try_into_primitive::<Flex>().expect("checked above"));
+    let (out, _) = forward(xp, &w, &h0, &c0, reverse);
+    Ok(Tensor::from_primitive::<Flex>(out))
 }
 
-/// The fused operation on `Autodiff<Flex, C>` tensors (checked by the caller), recording one
-/// backward node. `Err(xp)` as in [`lstm_sequence`].
+/// The fused operation on `Autodiff<Flex, C>` tensors (`xp`'s backend checked by the caller),
+/// recording one backward node. `Err(xp)` as in [`lstm_sequence`].
 #[allow(clippy::result_large_err)]
 fn on_autodiff<C: CheckpointStrategy>(
     xp: Tensor<3>,
@@ -224,7 +217,7 @@ fn forward(
     let mut out = vec![0.0f32; batch * (seq + 1) * hidden];
     // Each step adds `h_prev W_hh^T` to the projected input in place: in `xp` itself when
     // nothing else holds it, else in a copy (same layout, `[batch, seq, 4 * hidden]`).
-    let mut gates = owned(xp);
+    let mut gates = writable(xp);
     let mut cells = vec![0.0f32; batch * seq * hidden];
     let rows = dims.rows_per_block();
     let gates_mut: &mut [f32] = gates.try_storage_mut().expect("unique by construction");
@@ -280,15 +273,6 @@ struct Grads {
     c0: Vec<f32>,
 }
 
-/// A contiguous tensor the caller may overwrite: `tensor` when it holds the only reference to
-/// its buffer, else a copy.
-fn owned(tensor: FlexTensor) -> FlexTensor {
-    unique_contiguous(tensor).unwrap_or_else(|t| {
-        let shape = t.layout().shape().clone();
-        flex_tensor(slice(&contiguous(t)).to_vec(), shape)
-    })
-}
-
 /// Back-propagation through time. `grad` is the gradient of the packed output. The gates'
 /// buffer becomes the gradient of the pre-activations (in place when the state holds the only
 /// reference).
@@ -308,7 +292,7 @@ fn backward(state: LstmState, grad: &[f32]) -> Grads {
 
     // W_hh, `[4 * hidden, hidden]`, packed once for every step of every thread.
     let w_p = Packed::new(g4, hidden, |row, col| w[row * hidden + col]);
-    let mut dxp_t = owned(gates);
+    let mut dxp_t = writable(gates);
     let dxp: &mut [f32] = dxp_t.try_storage_mut().expect("unique by construction");
     let mut dh0 = vec![0.0f32; batch * hidden];
     let mut dc0 = vec![0.0f32; batch * hidden];
