@@ -35,6 +35,13 @@ const NC: usize = 4096;
 /// Most floats of `B` packed at once (8 MiB: the whole shared dimension of `NC` columns or
 /// fewer, read by every task from the last-level cache).
 const B_BUDGET: usize = 1 << 21;
+/// Most floats of packed `B` (1 MiB) packed in one round before the tasks consume them; more
+/// is packed and consumed one slice of the shared dimension at a time, so each slice is read
+/// back while it is still in cache (a weight gradient's 8 MiB `B` had been packed whole, then
+/// read back from memory).
+const B_RESIDENT: usize = 1 << 18;
+/// Fewest columns of `C` per thread for a product with few rows to split by columns.
+const COLUMN_SPLIT_MIN: usize = 256;
 
 thread_local! {
     /// Packed `A` blocks of the tasks this thread runs.
@@ -479,6 +486,13 @@ unsafe fn mul_panels_with<T: Tile>(
     })
 }
 
+/// Depth of the slices a shared dimension of `k` is cut into: as few slices of at most `KC`
+/// as cover it, of equal depth rounded up to 16 steps (the in-place kernel's unrolling), so
+/// `k = 384` is two slices of 192 rather than 256 and 128.
+fn slice_depth(k: usize) -> usize {
+    k.div_ceil(k.div_ceil(KC)).next_multiple_of(16).min(KC)
+}
+
 /// The blocked product with the register tile `T` (`m, n, k > 0`).
 ///
 /// # Safety
@@ -492,13 +506,24 @@ unsafe fn blocked<T: Tile>(
     threads: usize,
 ) {
     let (mr, nr) = (T::MR, T::NR);
+    if threads > 1 && m <= MC_MAX * threads && n >= COLUMN_SPLIT_MIN * threads && k > KC {
+        // SAFETY: forwarded from the caller.
+        return unsafe { column_split::<T>((m, n, k), c, read_dst, a, b, threads) };
+    }
     // Row blocks: a multiple of the thread count when there is more than one.
     let mut m_blocks = m.div_ceil(MC_MAX);
     if threads > 1 && m_blocks > 1 {
         m_blocks = m_blocks.div_ceil(threads) * threads;
     }
-    let mc = m.div_ceil(m_blocks).div_ceil(mr) * mr;
-    let m_blocks = m.div_ceil(mc);
+    // Blocks of whole row panels, their counts differing by at most one (so each thread's
+    // share of the rows is the same to a panel).
+    let row_panels_total = m.div_ceil(mr);
+    let m_blocks = m_blocks.min(row_panels_total);
+    let block_rows = |ib: usize| {
+        let i0 = (ib * row_panels_total / m_blocks) * mr;
+        let i1 = m.min(((ib + 1) * row_panels_total / m_blocks) * mr);
+        (i0, i1 - i0)
+    };
     // Columns of `B` packed at once: all of the shared dimension for each, within the budget.
     let nc_max = NC.min((B_BUDGET / k).max(nr) / nr * nr);
     for jc in (0..n).step_by(nc_max) {
@@ -512,102 +537,203 @@ unsafe fn blocked<T: Tile>(
         };
         let panels_per_split = panels.div_ceil(n_splits);
         let n_splits = panels.div_ceil(panels_per_split);
-        with_buffer(&B_PACK, k * panels * nr, |bp| {
-            // Slice `pc..pc + kc` of the shared dimension starts at `pc * panels * nr`.
-            for pc in (0..k).step_by(KC) {
-                let kc = KC.min(k - pc);
-                let slice = &mut bp[pc * panels * nr..][..kc * panels * nr];
-                // SAFETY: the caller guarantees the view of `B` is in bounds.
-                let pack = |(p, panel): (usize, &mut [f32])| unsafe {
-                    T::pack_b(b, pc, kc, jc + p * nr, nr.min(nc - p * nr), panel)
-                };
-                if threads > 1 && panels >= 4 {
-                    slice.par_chunks_mut(kc * nr).enumerate().for_each(pack);
-                } else {
-                    slice.chunks_mut(kc * nr).enumerate().for_each(pack);
+        // Depth packed per round: all of it when the packed columns stay cache-sized, else one
+        // slice at a time (packed, then consumed by every task while it is still in cache).
+        let ks = slice_depth(k);
+        let round = if k * panels * nr > B_RESIDENT { ks } else { k };
+        for d0 in (0..k).step_by(round) {
+            let depth = round.min(k - d0);
+            with_buffer(&B_PACK, depth * panels * nr, |bp| {
+                // Slice `pc..pc + kc` starts at `(pc - d0) * panels * nr`.
+                for pc in (d0..d0 + depth).step_by(ks) {
+                    let kc = ks.min(k - pc);
+                    let slice = &mut bp[(pc - d0) * panels * nr..][..kc * panels * nr];
+                    // SAFETY: the caller guarantees the view of `B` is in bounds.
+                    let pack = |(p, panel): (usize, &mut [f32])| unsafe {
+                        T::pack_b(b, pc, kc, jc + p * nr, nr.min(nc - p * nr), panel)
+                    };
+                    if threads > 1 && panels >= 4 {
+                        slice.par_chunks_mut(kc * nr).enumerate().for_each(pack);
+                    } else {
+                        slice.chunks_mut(kc * nr).enumerate().for_each(pack);
+                    }
                 }
-            }
-            let bp: &[f32] = bp;
-            // One task: a block of rows of `C` over a range of column panels, through every
-            // slice of the shared dimension (its block of `C` stays in this core's cache).
-            let task = |t: usize| {
-                let (ib, split) = (t / n_splits, t % n_splits);
-                let i0 = ib * mc;
-                let rows = mc.min(m - i0);
-                let p0 = split * panels_per_split;
-                let p1 = panels.min(p0 + panels_per_split);
-                let row_panels = rows.div_ceil(mr);
-                with_buffer(&A_PACK, row_panels * KC.min(k) * mr, |ap| {
-                    for pc in (0..k).step_by(KC) {
-                        let kc = KC.min(k - pc);
-                        let ap = &mut ap[..row_panels * kc * mr];
-                        let slice = &bp[pc * panels * nr..][..kc * panels * nr];
-                        let accumulate = read_dst || pc > 0;
+                let bp: &[f32] = bp;
+                // One task: a block of rows of `C` over a range of column panels, through every
+                // slice of the round (its block of `C` stays in this core's cache).
+                let task = |t: usize| {
+                    let (ib, split) = (t / n_splits, t % n_splits);
+                    let (i0, rows) = block_rows(ib);
+                    let p0 = split * panels_per_split;
+                    let p1 = panels.min(p0 + panels_per_split);
+                    let row_panels = rows.div_ceil(mr);
+                    with_buffer(&A_PACK, row_panels * depth * mr, |ap| {
                         // SAFETY: bounds as above; tasks write disjoint tiles of `C`.
                         unsafe {
-                            // Row-major `A` is read in place (the tile's rows streaming, whole
-                            // row panels only); other layouts, and a last partial panel, are
-                            // packed (a column-major `A` read in place would touch a new page
-                            // per step).
-                            let in_place = a.cs == 1;
-                            if in_place {
-                                if !rows.is_multiple_of(mr) {
-                                    let q = rows / mr;
-                                    T::pack_a(
-                                        a,
-                                        i0 + q * mr,
-                                        rows - q * mr,
-                                        pc,
-                                        kc,
-                                        &mut ap[..kc * mr],
-                                    );
-                                }
-                            } else {
-                                T::pack_a(a, i0, rows, pc, kc, ap);
-                            }
-                            for p in p0..p1 {
-                                let j = jc + p * nr;
-                                let cols = nr.min(n - j);
-                                let bpanel = slice[p * kc * nr..][..kc * nr].as_ptr();
-                                for q in 0..row_panels {
-                                    let i = i0 + q * mr;
-                                    let tile_rows = mr.min(m - i);
-                                    let apanel = if in_place && tile_rows == mr {
-                                        View {
-                                            ptr: a.ptr.add(i * a.rs + pc * a.cs),
-                                            ..a
-                                        }
-                                    } else {
-                                        let panel = if in_place { 0 } else { q };
-                                        View {
-                                            ptr: ap[panel * kc * mr..].as_ptr(),
-                                            rs: 1,
-                                            cs: mr,
-                                        }
-                                    };
-                                    tile::<T>(
-                                        kc,
-                                        apanel,
-                                        bpanel,
-                                        c,
-                                        (i, j),
-                                        (tile_rows, cols),
-                                        accumulate,
-                                    );
-                                }
-                            }
+                            depth_block::<T>(
+                                (m, n),
+                                c,
+                                a,
+                                (i0, rows),
+                                (d0, depth, ks),
+                                (jc, p0, p1),
+                                |pc, p| {
+                                    let kc = ks.min(k - pc);
+                                    bp[(pc - d0) * panels * nr + p * kc * nr..].as_ptr()
+                                },
+                                read_dst,
+                                ap,
+                            )
+                        }
+                    })
+                };
+                let tasks = m_blocks * n_splits;
+                if threads > 1 && tasks > 1 {
+                    (0..tasks).into_par_iter().for_each(task);
+                } else {
+                    (0..tasks).for_each(task);
+                }
+            });
+        }
+    }
+}
+
+/// One task's share of a range of the shared dimension: rows `i0..i0 + rows` of `C` over
+/// column panels `p0..p1` (panel `p` starts at column `jc + p * NR`), depth `d0..d0 + depth`
+/// in slices of `ks`, with panel `p` of the slice at `pc` packed at `bpanel(pc, p)`. Each
+/// column panel of the tile goes through every slice before the next one starts, so the
+/// task's tiles of `C` are summed while they are still in cache. Row-major `A` is read in
+/// place (whole row panels; a last partial panel is packed into `ap`), other layouts are
+/// packed into `ap` (a column-major `A` read in place would touch a new page per step).
+///
+/// # Safety
+/// The rows, columns and depth lie inside the views; no other thread writes these tiles of
+/// `C`; `bpanel(pc, p)` holds `kc * NR` floats; `ap` holds `rows.div_ceil(MR) * depth * MR`
+/// floats; the CPU has `T`'s instructions.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+unsafe fn depth_block<T: Tile>(
+    (m, n): (usize, usize),
+    c: Out,
+    a: View,
+    (i0, rows): (usize, usize),
+    (d0, depth, ks): (usize, usize, usize),
+    (jc, p0, p1): (usize, usize, usize),
+    bpanel: impl Fn(usize, usize) -> *const f32,
+    read_dst: bool,
+    ap: &mut [f32],
+) {
+    let mr = T::MR;
+    let row_panels = rows.div_ceil(mr);
+    let in_place = a.cs == 1;
+    let whole = rows / mr;
+    // Packed `A` of the slice at `pc` starts at `(pc - d0) * panels * MR`, where `panels` is
+    // the number of row panels packed per slice.
+    let packed = if in_place {
+        row_panels - whole
+    } else {
+        row_panels
+    };
+    // SAFETY: forwarded from the caller.
+    unsafe {
+        for pc in (d0..d0 + depth).step_by(ks) {
+            let kc = ks.min(d0 + depth - pc);
+            let out = &mut ap[(pc - d0) * packed * mr..][..packed * kc * mr];
+            if !in_place {
+                T::pack_a(a, i0, rows, pc, kc, out);
+            } else if packed > 0 {
+                T::pack_a(a, i0 + whole * mr, rows - whole * mr, pc, kc, out);
+            }
+        }
+        for p in p0..p1 {
+            let j = jc + p * T::NR;
+            let cols = T::NR.min(n - j);
+            for pc in (d0..d0 + depth).step_by(ks) {
+                let kc = ks.min(d0 + depth - pc);
+                let bpanel = bpanel(pc, p);
+                let slice_a = &ap[(pc - d0) * packed * mr..];
+                for q in 0..row_panels {
+                    let i = i0 + q * mr;
+                    let tile_rows = mr.min(m - i);
+                    let apanel = if in_place && q < whole {
+                        View {
+                            ptr: a.ptr.add(i * a.rs + pc * a.cs),
+                            ..a
+                        }
+                    } else {
+                        let panel = if in_place { q - whole } else { q };
+                        View {
+                            ptr: slice_a[panel * kc * mr..].as_ptr(),
+                            rs: 1,
+                            cs: mr,
+                        }
+                    };
+                    let accumulate = read_dst || pc > 0;
+                    tile::<T>(kc, apanel, bpanel, c, (i, j), (tile_rows, cols), accumulate);
+                }
+            }
+        }
+    }
+}
+
+/// The blocked product when `A` has few rows (at most one row block per thread) and `B` is
+/// wide: each thread takes a range of column panels, packs its own panels of each slice of
+/// the shared dimension and multiplies every row by them, so no packed slice is shared and
+/// the threads meet only at the end (instead of twice per slice).
+///
+/// # Safety
+/// As [`blocked`].
+unsafe fn column_split<T: Tile>(
+    (m, n, k): (usize, usize, usize),
+    c: Out,
+    read_dst: bool,
+    a: View,
+    b: View,
+    threads: usize,
+) {
+    let (mr, nr) = (T::MR, T::NR);
+    let panels = n.div_ceil(nr);
+    let per_thread = panels.div_ceil(threads);
+    let mc = m.div_ceil(m.div_ceil(MC_MAX)).div_ceil(mr) * mr;
+    let ks = slice_depth(k);
+    let task = |t: usize| {
+        let (p0, p1) = (t * per_thread, panels.min((t + 1) * per_thread));
+        if p0 >= p1 {
+            return;
+        }
+        let own = p1 - p0;
+        with_buffer(&B_PACK, ks * own * nr, |bp| {
+            with_buffer(&A_PACK, mc.div_ceil(mr) * ks * mr, |ap| {
+                for pc in (0..k).step_by(ks) {
+                    let kc = ks.min(k - pc);
+                    for (q, panel) in bp.chunks_mut(kc * nr).take(own).enumerate() {
+                        let j = (p0 + q) * nr;
+                        // SAFETY: the columns and depth lie inside `B`'s view (caller).
+                        unsafe { T::pack_b(b, pc, kc, j, nr.min(n - j), panel) };
+                    }
+                    for i0 in (0..m).step_by(mc) {
+                        let rows = mc.min(m - i0);
+                        let bp: &[f32] = bp;
+                        // SAFETY: bounds as above; threads write disjoint columns of `C`.
+                        unsafe {
+                            depth_block::<T>(
+                                (m, n),
+                                c,
+                                a,
+                                (i0, rows),
+                                (pc, kc, ks),
+                                (0, p0, p1),
+                                |_, p| bp[(p - p0) * kc * nr..].as_ptr(),
+                                read_dst || pc > 0,
+                                &mut ap[..rows.div_ceil(mr) * kc * mr],
+                            )
                         }
                     }
-                })
-            };
-            let tasks = m_blocks * n_splits;
-            if threads > 1 && tasks > 1 {
-                (0..tasks).into_par_iter().for_each(task);
-            } else {
-                (0..tasks).for_each(task);
-            }
-        });
-    }
+                }
+            })
+        })
+    };
+    (0..threads).into_par_iter().for_each(task);
 }
 
 /// Packs rows `i0..i0 + rows` of `A`, depth `pc..pc + kc`, into panels of `[kc][mr]`. Inlined
@@ -927,6 +1053,8 @@ mod avx512 {
     use std::arch::x86_64::*;
 
     const NR: usize = 32;
+    /// Steps of the shared dimension a row-major `B` is prefetched ahead while it is packed.
+    const PACK_AHEAD: usize = 32;
 
     /// [`super::pack_a`] for the `MR`-row tile, compiled for AVX-512.
     ///
@@ -1000,6 +1128,26 @@ mod avx512 {
         cols: usize,
         panel: &mut [f32],
     ) {
+        if b.cs == 1 && cols == NR {
+            // Row-major: two vectors per step. Each step's columns lie in another page of a
+            // wide `B`, where the hardware prefetchers do not follow: rows are asked for a few
+            // steps ahead.
+            assert!(panel.len() >= kc * NR);
+            let out = panel.as_mut_ptr();
+            // SAFETY: rows `pc + kk < pc + kc` and columns `j0..j0 + NR` lie inside the view
+            // (caller); the stores stay inside the checked panel; prefetches never fault.
+            unsafe {
+                for kk in 0..kc {
+                    let row = b.ptr.add((pc + kk) * b.rs + j0);
+                    let ahead = row.wrapping_add(PACK_AHEAD * b.rs);
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.cast::<i8>());
+                    _mm_prefetch::<_MM_HINT_T0>(ahead.wrapping_add(NR - 1).cast::<i8>());
+                    _mm512_storeu_ps(out.add(kk * NR), _mm512_loadu_ps(row));
+                    _mm512_storeu_ps(out.add(kk * NR + 16), _mm512_loadu_ps(row.add(16)));
+                }
+            }
+            return;
+        }
         if b.rs != 1 || b.cs == 1 {
             // SAFETY: forwarded from the caller.
             return unsafe { super::pack_b(NR, b, pc, kc, j0, cols, panel) };
@@ -1218,6 +1366,10 @@ mod tests {
             (150, 70, 600),
             (300, 48, 64),
             (5, 4100, 9),
+            // Few rows, wide and deep: split by columns between threads (two row blocks).
+            (150, 600, 300),
+            // Packed `B` past the resident budget: packed and consumed a slice at a time.
+            (290, 100, 2100),
         ];
         for &(m, n, k) in &shapes {
             // Layouts 4 and 5: `A` with no unit stride (every other column), which is packed.
