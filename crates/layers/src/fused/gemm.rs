@@ -2,13 +2,18 @@
 //! with a register-tiled micro-kernel and both cores on one product.
 //!
 //! The layout follows the classic blocked scheme. For each block of `NC` columns of `B`, the
-//! whole shared dimension of `B` is packed once into panels of `NR` columns (`[kc][NR]` per
-//! slice of `KC`, zero-padded), shared by every thread. The rows of `A` are cut into blocks of
-//! at most `MC_MAX` rows; each task walks its block over every (row panel, column panel) pair
-//! of each slice: one `B` panel stays in the first-level cache while the rows of `A` stream
-//! from the second. Row-major `A` is read in place; other layouts are packed into panels of
-//! `MR` rows (`[kc][MR]`). Tasks are (row block, column range) pairs, sized so both threads
-//! get the same share.
+//! shared dimension of `B` is packed into panels of `NR` columns (`[kc][NR]` per slice of at
+//! most `KC`, equal slices, zero-padded), shared by every thread: all of it at once when it
+//! stays within 1 MiB, else one slice at a time, consumed while it is still in cache. The rows
+//! of `A` are cut into blocks of whole row panels, at most `MC_MAX` rows, balanced between the
+//! threads; each task walks its block over every column panel of its range, and each column
+//! panel through every slice: one `B` panel stays in the first-level cache while the rows of
+//! `A` stream from the second, and the task's tiles of `C` are summed while still in cache.
+//! Row-major `A` is read in place; other layouts are packed into panels of `MR` rows
+//! (`[kc][MR]`). Tasks are (row block, column range) pairs, sized so both threads get the same
+//! share. A product with few rows and a wide `B` (a weight gradient `Xᵀ dY`) is split by
+//! columns instead: each thread packs and consumes its own panels, meeting the other only at
+//! the end.
 //!
 //! The micro-kernel is chosen at run time: a `12 x 32` tile of `C` in twenty-four 16-lane
 //! registers (AVX-512), a `6 x 16` tile in twelve 8-lane registers (AVX2 + FMA), or, on other
