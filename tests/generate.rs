@@ -11,7 +11,7 @@ use lmforge::models::Pretrained;
 use lmforge::models::generate::logits::sampling_distribution;
 use lmforge::models::generate::{
     BeamConfig, Decoder, EarlyStopping, GenerationConfig, GenerationError, beam_search, generate,
-    generate_with_detokenizer,
+    generate_with_detokenizer, next_token_distribution,
 };
 use lmforge::models::gpt::{Gpt, GptConfig};
 use lmforge::models::lstm_lm::LstmLmConfig;
@@ -152,6 +152,59 @@ fn cached_greedy_generation_equals_full_recompute() {
 /// The first sampled token over many seeds: every draw lies in the kept set, and the
 /// frequencies match the renormalised distribution (Pearson chi-square below the 0.999
 /// quantile for the degrees of freedom).
+/// The distribution a sampled token is drawn from equals HuggingFace's logits processors
+/// (repetition penalty, minimum new tokens, temperature, top-k, top-p, in `generate()`'s order)
+/// followed by a softmax, on fixed logits (tests/fixtures/gen_sampling.py), within 1e-6 per
+/// probability; the largest difference measured is printed.
+#[test]
+fn sampling_distribution_equals_huggingface_logits_processors() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models/sampling");
+    let fixture = Fixture::load(dir.join("processors.safetensors"));
+    let mut cases = 0;
+    let mut worst = 0.0f32;
+    while fixture.try_get(&format!("case{cases}.logits")).is_some() {
+        let key = |name: &str| format!("case{cases}.{name}");
+        let logits: Vec<f32> = fixture.get(&key("logits")).iter::<f32>().collect();
+        let history = ints(fixture.get(&key("history")));
+        let config: Vec<f64> = fixture.get(&key("config")).iter::<f64>().collect();
+        let want: Vec<f32> = fixture.get(&key("probs")).iter::<f32>().collect();
+        let [
+            temperature,
+            top_k,
+            top_p,
+            penalty,
+            min_new,
+            prompt_length,
+            eos,
+        ] = config[..]
+        else {
+            panic!("case {cases}: config has {} values", config.len());
+        };
+        let config = GenerationConfig::new()
+            .with_do_sample(true)
+            .with_temperature(temperature)
+            .with_top_k((top_k > 0.0).then_some(top_k as usize))
+            .with_top_p((top_p < 1.0).then_some(top_p))
+            .with_repetition_penalty(penalty)
+            .with_min_new_tokens(min_new as usize)
+            .with_max_new_tokens(8)
+            .with_eos_token_ids(vec![eos as u32]);
+        let step = history.len() - prompt_length as usize;
+        let got = next_token_distribution(&logits, &history, step, &config);
+        assert_eq!(got.len(), want.len(), "case {cases}");
+        for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+            let d = (g - w).abs();
+            worst = worst.max(d);
+            assert!(d <= 1e-6, "case {cases}, token {i}: {g} vs HuggingFace {w}");
+            // Tokens HuggingFace excludes are excluded exactly.
+            assert_eq!(*w == 0.0, *g == 0.0, "case {cases}, token {i}: {g} vs {w}");
+        }
+        cases += 1;
+    }
+    assert_eq!(cases, 11, "every fixture case ran");
+    println!("{cases} cases, largest difference {worst:e}");
+}
+
 #[test]
 fn sampled_frequencies_follow_top_k_and_top_p() {
     let device = reference_device();

@@ -302,14 +302,15 @@ fn check_prompts<M: Decoder>(
     Ok(prompt_length)
 }
 
-/// Picks the next token of one row.
-fn choose(
+/// One row's next-token logits after the repetition penalty over `history` (the prompt and
+/// the tokens added so far) and, while fewer than `config.min_new_tokens` were added (`step`
+/// of them), with every end-of-sequence id at `-inf`: what greedy decoding takes the argmax of.
+pub fn processed_logits(
     row: &[f32],
     history: &[u32],
     step: usize,
     config: &GenerationConfig,
-    rng: &mut StdRng,
-) -> u32 {
+) -> Vec<f32> {
     let mut row = row.to_vec();
     logits::apply_repetition_penalty(&mut row, history, config.repetition_penalty as f32);
     if step < config.min_new_tokens {
@@ -319,16 +320,39 @@ fn choose(
             }
         }
     }
+    row
+}
+
+/// The distribution a sampled next token is drawn from: [`processed_logits`], then
+/// temperature, top-k and top-p ([`logits::sampling_distribution`]), in the order
+/// HuggingFace's `generate()` applies its logits processors (checked against them on fixed
+/// logits: tests/generate.rs).
+pub fn next_token_distribution(
+    row: &[f32],
+    history: &[u32],
+    step: usize,
+    config: &GenerationConfig,
+) -> Vec<f32> {
+    logits::sampling_distribution(
+        &processed_logits(row, history, step, config),
+        config.temperature as f32,
+        config.top_k,
+        config.top_p.map(|p| p as f32),
+    )
+}
+
+/// Picks the next token of one row.
+fn choose(
+    row: &[f32],
+    history: &[u32],
+    step: usize,
+    config: &GenerationConfig,
+    rng: &mut StdRng,
+) -> u32 {
     let token = if config.do_sample {
-        let probs = logits::sampling_distribution(
-            &row,
-            config.temperature as f32,
-            config.top_k,
-            config.top_p.map(|p| p as f32),
-        );
-        logits::draw(&probs, rng)
+        logits::draw(&next_token_distribution(row, history, step, config), rng)
     } else {
-        logits::argmax(&row)
+        logits::argmax(&processed_logits(row, history, step, config))
     };
     token as u32
 }
