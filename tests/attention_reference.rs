@@ -74,3 +74,63 @@ fn attention_with_padding_and_causal_masks_matches_pytorch() {
     fixture.assert_close(&reference, "output.", Tolerance::absolute(1e-5));
     fixture.assert_close(&reference, "grad.", Tolerance::absolute(1e-4));
 }
+
+/// Rotary positions against HuggingFace's own code (fixture from
+/// `tests/fixtures/gen_rotary.py`): the half-split pairing as Llama rotates (bases 10000 and
+/// 500000) and the interleaved pairing as GPT-J rotates, at `d_head` 16 and positions 5..12,
+/// through both [`RotaryEncoding`](lmforge::layers::position::RotaryEncoding) (precomputed
+/// table) and [`Rope`](lmforge::layers::position::Rope) (angles per call), on every enabled
+/// device; the largest difference measured is printed.
+#[test]
+fn rotary_positions_match_huggingface_llama_and_gptj() {
+    use lmforge::layers::position::{RopeConfig, RotaryEncodingConfig, RotaryStyle};
+    let fixture = Fixture::load(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/layers/rotary.safetensors"
+    ));
+    let (start, seq) = (5, 7);
+    let cases = [
+        ("half.base10000", RotaryStyle::HalfSplit, 10000.0),
+        ("half.base500000", RotaryStyle::HalfSplit, 500000.0),
+        ("interleaved", RotaryStyle::Interleaved, 10000.0),
+    ];
+    let positions: Vec<usize> = (start..start + seq).collect();
+    let reference = assert_parity(Tolerance::rel_abs(1e-5, 1e-5), |device| {
+        let x = Tensor::<4>::from_data(fixture.get("input.x"), device);
+        let mut outputs = Outputs::new();
+        for (key, style, base) in cases {
+            let table = RotaryEncodingConfig::new(16, 16)
+                .with_base(base)
+                .with_style(style)
+                .init(device)
+                .unwrap();
+            let rope = RopeConfig::new(16)
+                .with_base(base)
+                .with_style(style)
+                .init()
+                .unwrap();
+            outputs = outputs
+                .float(format!("table.{key}"), table.apply(x.clone(), start))
+                .float(format!("rope.{key}"), rope.apply(x.clone(), &positions));
+        }
+        outputs
+    });
+    let mut worst = 0.0f32;
+    for entry in reference.entries() {
+        let (_, key) = entry.name.split_once('.').unwrap();
+        let want: Vec<f32> = fixture.get(key).iter::<f32>().collect();
+        let got = &entry.values;
+        assert_eq!(got.len(), want.len(), "{}", entry.name);
+        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            let d = (g - w as f64).abs() as f32;
+            worst = worst.max(d);
+            assert!(d <= 1e-6, "{} [{i}]: {g} vs HuggingFace {w}", entry.name);
+        }
+    }
+    assert_eq!(
+        reference.entries().len(),
+        6,
+        "every style ran through both layers"
+    );
+    println!("largest difference from HuggingFace: {worst:e}");
+}
