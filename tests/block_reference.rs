@@ -280,3 +280,66 @@ fn bert_layer_matches_huggingface() {
     fixture.assert_close(&reference, "grad.", Tolerance::absolute(1e-4));
     assert_gradients_reach_every_parameter(&reference);
 }
+
+/// RMSNorm (lmforge's `Norm::Rms`) and the SwiGLU feed-forward (`FeedForward` with
+/// `FeedForwardActivation::SwiGlu`, no biases) against HuggingFace's `LlamaRMSNorm` and
+/// `LlamaMLP` with the same weights (fixture from `tests/fixtures/gen_rmsnorm_swiglu.py`):
+/// outputs, the input's gradient and every weight's gradient, on every enabled device.
+#[test]
+fn rmsnorm_and_swiglu_match_huggingface_llama() {
+    use lmforge::layers::transformer::{FeedForwardConfig, NormKind};
+    let fixture = fixture("rmsnorm_swiglu");
+    let reference = assert_parity(Tolerance::rel_abs(1e-5, 1e-6), |device| {
+        let x = Tensor::<3>::from_data(fixture.get("input.x"), device).require_grad();
+        let g = Tensor::<3>::from_data(fixture.get("input.g"), device);
+
+        let mut rms = Norm::new(NormKind::RmsNorm, 16, 1e-6, device);
+        let Norm::Rms(inner) = &mut rms else {
+            unreachable!("an RMSNorm was asked for")
+        };
+        inner.gamma =
+            Param::from_tensor(Tensor::from_data(fixture.get("rms.param.weight"), device));
+        let out = rms.forward(x.clone());
+        let grads = (out.clone() * g.clone()).sum().backward();
+        let Norm::Rms(inner) = &rms else {
+            unreachable!()
+        };
+        let mut outputs = Outputs::new()
+            .float("rms.output", out)
+            .float("rms.grad.x", x.grad(&grads).unwrap())
+            .float("rms.grad.weight", inner.gamma.grad(&grads).unwrap());
+
+        let x = Tensor::<3>::from_data(fixture.get("input.x"), device).require_grad();
+        let mut mlp = FeedForwardConfig::new(16, 40)
+            .with_activation(FeedForwardActivation::SwiGlu)
+            .with_bias(false)
+            .init(device)
+            .unwrap();
+        // PyTorch stores `[out, in]`, burn's Linear `[in, out]`.
+        let weight = |name: &str| {
+            Param::from_tensor(
+                Tensor::<2>::from_data(fixture.get(&format!("mlp.param.{name}.weight")), device)
+                    .transpose(),
+            )
+        };
+        mlp.gate.as_mut().unwrap().weight = weight("gate_proj");
+        mlp.up.weight = weight("up_proj");
+        mlp.down.weight = weight("down_proj");
+        let out = mlp.forward(x.clone());
+        let grads = (out.clone() * g).sum().backward();
+        let grad = |l: &Linear| l.weight.grad(&grads).unwrap().transpose();
+        outputs = outputs
+            .float("mlp.output", out)
+            .float("mlp.grad.x", x.grad(&grads).unwrap())
+            .float(
+                "mlp.grad.gate_proj.weight",
+                grad(mlp.gate.as_ref().unwrap()),
+            )
+            .float("mlp.grad.up_proj.weight", grad(&mlp.up))
+            .float("mlp.grad.down_proj.weight", grad(&mlp.down));
+        outputs
+    });
+    for prefix in ["rms.output", "rms.grad.", "mlp.output", "mlp.grad."] {
+        fixture.assert_close(&reference, prefix, Tolerance::rel_abs(1e-5, 1e-6));
+    }
+}
