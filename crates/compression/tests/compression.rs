@@ -121,9 +121,12 @@ fn quantized_logits_size_and_round_trip() {
     let reference = model.forward(x.clone(), None);
     let scale = max_abs(reference.clone());
     let dir = tmp("quantize");
+    // Bounds at about 1.5x the measured errors (int8 0.0066, int4 block 32 0.0858, the same
+    // with every kernel path: LMFORGE_KERNELS=avx2/portable), so a worse rounding or a
+    // misplaced scale fails.
     for (scheme, max_error, max_ratio) in [
-        (QuantScheme::Int8PerChannel, 0.02, 0.27),
-        (QuantScheme::int4(), 0.20, 0.18),
+        (QuantScheme::Int8PerChannel, 0.01, 0.27),
+        (QuantScheme::int4(), 0.13, 0.18),
     ] {
         let quantized = quantize::quantize(model.clone(), &QuantizeConfig::new(scheme)).unwrap();
         // Every Linear and Embedding weight, nothing else.
