@@ -3,13 +3,13 @@
 //!
 //! The layout follows the classic blocked scheme. For each block of `NC` columns of `B`, the
 //! shared dimension of `B` is packed into panels of `NR` columns (`[kc][NR]` per slice of at
-//! most the tile's `KC`, equal slices, zero-padded), shared by every thread: all of it at once when it
-//! stays within 1 MiB, else one slice at a time, consumed while it is still in cache. The rows
-//! of `A` are cut into blocks of whole row panels, at most `MC_MAX` rows, balanced between the
-//! threads; each task walks its block over every column panel of its range, and each column
-//! panel through every slice: one `B` panel stays in the first-level cache while the rows of
-//! `A` stream from the second, and the task's tiles of `C` are summed while still in cache.
-//! Row-major `A` is read in place; other layouts are packed into panels of `MR` rows
+//! most the tile's `KC`, equal slices, zero-padded), shared by every thread: all of it at once
+//! when it stays within 1 MiB, else one slice at a time, consumed while it is still in cache.
+//! The rows of `A` are cut into blocks of whole row panels, at most `MC_MAX` rows, balanced
+//! between the threads; each task walks its block over every column panel of its range, and
+//! each column panel through every slice: one `B` panel stays in the first-level cache while
+//! the rows of `A` stream from the second, and the task's tiles of `C` are summed while still
+//! in cache. Row-major `A` is read in place; other layouts are packed into panels of `MR` rows
 //! (`[kc][MR]`). Tasks are (row block, column range) pairs, sized so both threads get the same
 //! share. A product with few rows and a wide `B` (a weight gradient `Xᵀ dY`) is split by
 //! columns instead: each thread packs and consumes its own panels, meeting the other only at
@@ -30,8 +30,8 @@ use rayon::prelude::*;
 const MR_MAX: usize = 12;
 /// Most columns of any register tile.
 const NR_MAX: usize = 32;
-/// Most rows of `A` in one block (`MC_MAX x KC` floats: 144 KiB with 8-lane tiles), a
-/// multiple of every `MR`.
+/// Most rows of `A` in one block (`MC_MAX x 256` floats: 144 KiB, at the smallest tile's
+/// `KC`), a multiple of every `MR`.
 const MC_MAX: usize = 144;
 /// Most columns of `B` packed at once.
 const NC: usize = 4096;
@@ -640,8 +640,8 @@ unsafe fn depth_block<T: Tile>(
     let row_panels = rows.div_ceil(mr);
     let in_place = a.cs == 1;
     let whole = rows / mr;
-    // Packed `A` of the slice at `pc` starts at `(pc - d0) * panels * MR`, where `panels` is
-    // the number of row panels packed per slice.
+    // Packed `A` of the slice at `pc` starts at `(pc - d0) * packed * MR`, `packed` being the
+    // number of row panels packed per slice (only the partial one when `A` is read in place).
     let packed = if in_place {
         row_panels - whole
     } else {
@@ -1208,6 +1208,9 @@ mod avx512 {
     ) {
         // SAFETY: the caller keeps `b` and every `row(r)` inside their operands.
         unsafe {
+            // An empty block that may touch memory: the compiler cannot hoist the next step's
+            // loads above this step's FMAs, which had needed a 28th register and spilled one
+            // accumulator to the stack at every step (seen in `perf annotate`; +2-3% without).
             std::arch::asm!("", options(nostack, preserves_flags));
             let b0 = _mm512_loadu_ps(b);
             let b1 = _mm512_loadu_ps(b.add(16));
