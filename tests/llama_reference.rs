@@ -255,7 +255,7 @@ fn cached_decoding_equals_full_recompute() {
             for t in 3..12 {
                 steps.push(model.forward_cached(tokens.clone().narrow(1, t, 1), None, &mut cache));
             }
-            let key = cache.blocks[0].self_attention.key.clone().unwrap();
+            let key = cache.blocks[0].self_attention.key().unwrap();
             let config = model.config();
             assert_eq!(
                 key.dims(),

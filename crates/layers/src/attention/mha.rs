@@ -438,30 +438,16 @@ impl MultiHeadAttention {
         let q = self.split_heads(self.checked_query(&input));
         let past = if is_cross { 0 } else { cache.len() };
         let (q, k, v, past) = if is_cross {
-            if cache.key.is_none() {
+            if cache.is_empty() {
                 let (k, v) = self.project_memory(&input);
-                cache.key = Some(k);
-                cache.value = Some(v);
+                cache.set(k, v);
             }
             let q = self.rotate_query(q, &input, 0);
-            (
-                q,
-                cache.key.clone().unwrap(),
-                cache.value.clone().unwrap(),
-                0,
-            )
+            (q, cache.key().unwrap(), cache.value().unwrap(), 0)
         } else {
             let (k_new, v_new) = self.project_memory(&input);
             let (q, k_new) = self.rotate_query_key(q, k_new, &input, past);
-            let (k, v) = match (cache.key.take(), cache.value.take()) {
-                (Some(k), Some(v)) => (
-                    Tensor::cat(vec![k, k_new], 2),
-                    Tensor::cat(vec![v, v_new], 2),
-                ),
-                _ => (k_new, v_new),
-            };
-            cache.key = Some(k.clone());
-            cache.value = Some(v.clone());
+            let (k, v) = cache.append(k_new, v_new);
             (q, k, v, past)
         };
         self.attend(q, k, v, &input, past)
@@ -522,7 +508,6 @@ impl MultiHeadAttention {
     ) -> AttentionOutput {
         let [batch_size, _, seq_q, _] = q.dims();
         let seq_k = k.dims()[2];
-        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
         // A window matters only when some query has more keys behind it than it holds.
         let window = self
             .sliding_window
@@ -541,6 +526,7 @@ impl MultiHeadAttention {
         let shape = [batch_size, self.n_heads, seq_q, seq_k];
         let (context, weights) = if input.need_weights || dropout_active {
             let scale = (self.d_head as f64).sqrt().recip();
+            let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
             let scores = q.matmul(k.swap_dims(2, 3)).mul_scalar(scale);
             let mask = attention_mask(input.mask_pad.clone(), input.causal, shape, &device);
             let mask = match window {
@@ -563,17 +549,27 @@ impl MultiHeadAttention {
                 Some(w) => Some(with_window(mask, w, shape, &device)),
                 None => mask,
             };
-            match fused_attention(&q, &k, &v, mask.as_ref(), causal) {
-                Some(context) => (context, None),
+            // A decoding step reads grouped key/value heads as they are; the other paths
+            // repeat them for their query heads.
+            let group = self.n_heads / self.n_kv_heads;
+            let context = match single_query(&q, &k, &v, mask.as_ref(), group) {
+                Some(context) => context,
                 None => {
-                    let options = AttentionModuleOptions {
-                        scale: None,
-                        softcap: None,
-                        is_causal: causal,
-                    };
-                    (attention(q, k, v, mask, None, options), None)
+                    let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+                    match fused_attention(&q, &k, &v, mask.as_ref(), causal) {
+                        Some(context) => context,
+                        None => {
+                            let options = AttentionModuleOptions {
+                                scale: None,
+                                softcap: None,
+                                is_causal: causal,
+                            };
+                            attention(q, k, v, mask, None, options)
+                        }
+                    }
                 }
-            }
+            };
+            (context, None)
         };
         let context = context
             .swap_dims(1, 2)
@@ -599,6 +595,26 @@ fn fused_attention(
     {
         let scale = (q.dims()[3] as f64).sqrt().recip() as f32;
         crate::fused::attention::attention(q, k, v, mask, causal, scale)
+    }
+    #[cfg(not(feature = "flex"))]
+    None
+}
+
+/// A decoding step's attention on flex (see `crate::fused::attention::single_query`): one
+/// query per head over the cache where it lies, without repeating grouped key/value heads;
+/// `None` elsewhere.
+#[cfg_attr(not(feature = "flex"), allow(unused_variables))]
+fn single_query(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    mask: Option<&Tensor<4, Bool>>,
+    group: usize,
+) -> Option<Tensor<4>> {
+    #[cfg(feature = "flex")]
+    {
+        let scale = (q.dims()[3] as f64).sqrt().recip() as f32;
+        crate::fused::attention::single_query(q, k, v, mask, group, scale)
     }
     #[cfg(not(feature = "flex"))]
     None

@@ -175,6 +175,86 @@ fn cached_incremental_attention_equals_full_causal_forward() {
     assert!(max_abs_diff(next.context, full.narrow(1, 7, 1)) < 1e-5);
 }
 
+/// A cache that outgrows its buffers twice (a prompt of 3, then 140 single steps) keeps giving
+/// the full causal forward's outputs, and a view taken before an append keeps its values.
+#[test]
+fn cache_growth_keeps_what_is_cached() {
+    let layer = mha(8, 2);
+    let steps = 143;
+    let x = input(2, steps, 8, 3);
+    let full = layer
+        .forward(AttentionInput::self_attention(x.clone()).causal())
+        .context;
+    let mut cache = KvCache::new();
+    let prompt = layer.forward_cached(
+        AttentionInput::self_attention(x.clone().narrow(1, 0, 3)).causal(),
+        &mut cache,
+    );
+    assert!(max_abs_diff(prompt.context, full.clone().narrow(1, 0, 3)) < 1e-5);
+    let mut capacities = vec![cache.capacity()];
+    let mut early_keys = cache.key();
+    let early = early_keys.as_ref().unwrap().to_data();
+    for t in 3..steps {
+        let step = AttentionInput::self_attention(x.clone().narrow(1, t, 1)).causal();
+        let out = layer.forward_cached(step, &mut cache).context;
+        // Held across one append, then dropped so that the others write in place.
+        if let Some(keys) = early_keys.take() {
+            assert_eq!(keys.to_data(), early, "an earlier view was written over");
+        }
+        assert_eq!(cache.len(), t + 1);
+        assert!(
+            max_abs_diff(out, full.clone().narrow(1, t, 1)) < 1e-5,
+            "step {t}"
+        );
+        if capacities.last() != Some(&cache.capacity()) {
+            capacities.push(cache.capacity());
+        }
+    }
+    assert_eq!(capacities, [67, 134, 268], "the buffers grow by doubling");
+    let keys = cache.key().unwrap();
+    assert_eq!(keys.dims(), [2, 2, steps, 4]);
+    assert_eq!(
+        keys.narrow(2, 0, 3).to_data(),
+        early,
+        "the prompt's keys moved or changed"
+    );
+}
+
+/// `select_rows` keeps the chosen batch rows of the cached keys and values, in order, and later
+/// appends extend every row.
+#[test]
+fn cache_select_rows_reorders_the_batch() {
+    let layer = mha(8, 2);
+    let x = input(2, 5, 8, 4);
+    let mut cache = KvCache::new();
+    layer.forward_cached(
+        AttentionInput::self_attention(x.clone().narrow(1, 0, 4)).causal(),
+        &mut cache,
+    );
+    let (key, value) = (cache.key().unwrap(), cache.value().unwrap());
+    cache.select_rows(&[1, 1, 0]);
+    let rows = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64, 1, 0], [3]), &key.device());
+    assert_eq!(
+        cache.key().unwrap().to_data(),
+        key.select(0, rows.clone()).to_data()
+    );
+    assert_eq!(
+        cache.value().unwrap().to_data(),
+        value.select(0, rows).to_data()
+    );
+    let next = x.narrow(1, 4, 1);
+    let next = Tensor::cat(
+        vec![
+            next.clone().narrow(0, 1, 1),
+            next.clone().narrow(0, 1, 1),
+            next.narrow(0, 0, 1),
+        ],
+        0,
+    );
+    layer.forward_cached(AttentionInput::self_attention(next).causal(), &mut cache);
+    assert_eq!(cache.key().unwrap().dims(), [3, 2, 5, 4]);
+}
+
 /// Cross-attention through the cache projects the memory once and equals the uncached result.
 #[test]
 fn cached_cross_attention_reuses_the_memory() {
@@ -391,7 +471,7 @@ fn grouped_query_attention_equals_repeated_key_value_heads() {
         AttentionInput::self_attention(x.clone().narrow(1, 4, 2)).causal(),
         &mut cache,
     );
-    assert_eq!(cache.key.as_ref().unwrap().dims(), [2, 2, 6, 4]);
+    assert_eq!(cache.key().unwrap().dims(), [2, 2, 6, 4]);
     let whole = full
         .forward(AttentionInput::self_attention(x).causal())
         .context;

@@ -67,6 +67,147 @@ pub(crate) fn attention(
         .or_else(|| on_autodiff::<BalancedCheckpointing>(q, k, v, mask, causal, scale))
 }
 
+/// A decoding step's attention on flex tensors: one query position for each (batch, head) pair
+/// over keys and values of any row stride (the filled part of a [`KvCache`] buffer is read
+/// where it lies, with no copy), `group` query heads per key/value head (grouped-query
+/// attention without repeating the keys). The pairs run in parallel once there is enough to
+/// read. `None` on other devices, other dtypes, under autodiff and for several queries.
+///
+/// - `q`: `[batch, heads, 1, d]`; `k`: `[batch, heads / group, seq_k, d]`; `v`: `[batch,
+///   heads / group, seq_k, d_v]`;
+/// - `mask`: `[batch, heads, 1, seq_k]`, `true` where a key must not be attended (nothing is
+///   causal for the last position);
+/// - `scale`: the factor of the scores.
+///
+/// [`KvCache`]: crate::attention::KvCache
+pub(crate) fn single_query(
+    q: &Tensor<4>,
+    k: &Tensor<4>,
+    v: &Tensor<4>,
+    mask: Option<&Tensor<4, Bool>>,
+    group: usize,
+    scale: f32,
+) -> Option<Tensor<4>> {
+    let f32s = [q.dtype(), k.dtype(), v.dtype()]
+        .iter()
+        .all(|&d| d == DType::F32);
+    if !f32s || q.device().is_autodiff() || q.dims()[2] != 1 {
+        return None;
+    }
+    let q = HeadView::new(q.clone().try_into_primitive::<Flex>().ok()?);
+    let k = HeadView::new(k.clone().try_into_primitive::<Flex>().ok()?);
+    let v = HeadView::new(v.clone().try_into_primitive::<Flex>().ok()?);
+    let [batch, heads, _, d] = q.dims;
+    let [_, kv_heads, seq_k, d_v] = v.dims;
+    assert_eq!(
+        heads,
+        kv_heads * group,
+        "attention: query heads per key/value head"
+    );
+    assert_eq!(k.dims, [batch, kv_heads, seq_k, d], "attention: key shape");
+    assert_eq!(v.dims[0], batch, "attention: value shape");
+    if batch * heads * seq_k == 0 {
+        return None;
+    }
+    let mask = match mask {
+        Some(mask) => {
+            let mask = mask.clone().into_data().try_to_vec::<bool>().ok()?;
+            assert_eq!(mask.len(), batch * heads * seq_k, "attention: mask shape");
+            Some(mask)
+        }
+        None => None,
+    };
+    // The context of pair `(b, h)` is row `b * heads + h`: `[batch, 1, heads, d_v]`.
+    let mut out = vec![0.0f32; batch * heads * d_v];
+    let pair = |p: usize, out: &mut [f32], scores: &mut Vec<f32>, bias: &mut Vec<f32>| {
+        let (b, h) = (p / heads, p % heads);
+        let (query, _) = q.matrix(b, h);
+        let (keys, k_rs) = k.matrix(b, h / group);
+        let (values, v_rs) = v.matrix(b, h / group);
+        scores.resize(seq_k, 0.0);
+        bias.clear();
+        match &mask {
+            Some(m) => bias.extend(
+                m[p * seq_k..][..seq_k]
+                    .iter()
+                    .map(|&masked| if masked { f32::NEG_INFINITY } else { 0.0 }),
+            ),
+            None => bias.resize(seq_k, 0.0),
+        }
+        decode_pair(
+            out,
+            scores,
+            bias,
+            &query[..d],
+            keys,
+            k_rs,
+            values,
+            v_rs,
+            scale,
+        );
+    };
+    // Below this many key and value elements, waking the other threads costs more than
+    // sharing the reads saves.
+    const PARALLEL_MIN: usize = 1 << 15;
+    if batch * heads * seq_k * (d + d_v) >= PARALLEL_MIN {
+        out.par_chunks_mut(d_v).enumerate().for_each_init(
+            || (Vec::new(), Vec::new()),
+            |(scores, bias), (p, out)| pair(p, out, scores, bias),
+        );
+    } else {
+        let (mut scores, mut bias) = (Vec::new(), Vec::new());
+        for (p, out) in out.chunks_mut(d_v).enumerate() {
+            pair(p, out, &mut scores, &mut bias);
+        }
+    }
+    let out = flex_tensor(out, [batch, 1, heads, d_v]).transpose(1, 2);
+    Some(Tensor::from_primitive::<Flex>(out))
+}
+
+simd_dispatch! {
+    /// One query's attention: `out = softmax(scale * K q + bias) V`, with `K` and `V` rows
+    /// `k_rs` and `v_rs` apart (`out` holds zeros on entry; `scores` and `bias` have one entry
+    /// per key).
+    #[allow(clippy::too_many_arguments)]
+    fn decode_pair(
+        out: &mut [f32],
+        scores: &mut [f32],
+        bias: &[f32],
+        q: &[f32],
+        k: &[f32],
+        k_rs: usize,
+        v: &[f32],
+        v_rs: usize,
+        scale: f32,
+    ) {
+        let d = q.len();
+        let full = d / LANES * LANES;
+        for (j, score) in scores.iter_mut().enumerate() {
+            let key = &k[j * k_rs..][..d];
+            let mut lanes = [0.0f32; LANES];
+            for (a, b) in q[..full].chunks_exact(LANES).zip(key[..full].chunks_exact(LANES)) {
+                for l in 0..LANES {
+                    lanes[l] += a[l] * b[l];
+                }
+            }
+            let mut dot = lanes.iter().sum::<f32>();
+            for (a, b) in q[full..].iter().zip(&key[full..]) {
+                dot += a * b;
+            }
+            *score = dot;
+        }
+        softmax_row(scores, bias, scale);
+        let d_v = out.len();
+        for (j, &p) in scores.iter().enumerate() {
+            if p != 0.0 {
+                for (o, &x) in out.iter_mut().zip(&v[j * v_rs..][..d_v]) {
+                    *o += p * x;
+                }
+            }
+        }
+    }
+}
+
 /// Sizes of one attention call.
 #[derive(Clone, Copy, Debug)]
 struct Dims {
@@ -738,6 +879,56 @@ mod tests {
     }
 
     /// Which calls take the fused op.
+    /// A decoding step (one query) over keys and values read in place from a longer buffer,
+    /// with grouped key/value heads, equals burn's attention over the repeated heads; on the
+    /// serial path (few keys) and the parallel one, with and without a padding mask.
+    #[test]
+    fn single_query_equals_composed_attention() {
+        let device = flex_device().expect(FLEX_REQUIRED);
+        // (batch, query heads, group, keys, d, lengths)
+        for (batch, heads, group, seq_k, d, lengths) in [
+            (1, 2, 1, 5, 20, None),
+            (2, 4, 2, 7, 16, Some(&[7usize, 3][..])),
+            (2, 6, 3, 300, 64, None),
+            (3, 4, 1, 150, 33, Some(&[150usize, 1, 77][..])),
+        ] {
+            let kv_heads = heads / group;
+            let capacity = seq_k + 9;
+            let q = input([batch, heads, 1, d], 1, &device);
+            let in_buffer = |salt, width| {
+                input([batch, kv_heads, capacity, width], salt, &device).slice([
+                    0..batch,
+                    0..kv_heads,
+                    0..seq_k,
+                    0..width,
+                ])
+            };
+            let (k, v) = (in_buffer(2, d), in_buffer(3, d + 3));
+            let m = lengths.map(|l| mask(l, heads, 1, seq_k, &device));
+            let fused = super::single_query(&q, &k, &v, m.as_ref(), group, 0.25)
+                .expect("flex runs the decoding step");
+            let repeat = |x: Tensor<4>| {
+                let [b, h, t, w] = x.dims();
+                x.unsqueeze_dim::<5>(2)
+                    .expand([b, h, group, t, w])
+                    .reshape([b, h * group, t, w])
+            };
+            let options = AttentionModuleOptions {
+                scale: Some(0.25),
+                softcap: None,
+                is_causal: false,
+            };
+            let composed = burn_attention(q, repeat(k), repeat(v), m, None, options);
+            assert_eq!(fused.dims(), composed.dims());
+            let worst = max_abs_diff(&values(fused), &values(composed));
+            assert!(
+                worst <= 1e-5,
+                "batch {batch}, heads {heads}, group {group}, keys {seq_k}, d {d}: differs by \
+                 {worst}"
+            );
+        }
+    }
+
     #[test]
     fn fused_attention_is_for_flex_only() {
         for selected in test_devices() {

@@ -63,11 +63,8 @@ fn index(rows: &[usize], device: &burn::tensor::Device) -> Tensor<1, Int> {
 /// Reorders the batch rows of every block's self- and cross-attention cache.
 fn reorder_blocks(blocks: &mut [DecoderBlockCache], rows: &[usize]) {
     for block in blocks {
-        for cache in [&mut block.self_attention, &mut block.cross_attention] {
-            for t in [&mut cache.key, &mut cache.value].into_iter().flatten() {
-                *t = t.clone().select(0, index(rows, &t.device()));
-            }
-        }
+        block.self_attention.select_rows(rows);
+        block.cross_attention.select_rows(rows);
     }
 }
 
