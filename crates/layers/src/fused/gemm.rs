@@ -11,9 +11,11 @@
 //! the rows of `A` stream from the second, and the task's tiles of `C` are summed while still
 //! in cache. Row-major `A` is read in place; other layouts are packed into panels of `MR` rows
 //! (`[kc][MR]`). Tasks are (row block, column range) pairs, sized so both threads get the same
-//! share. A product with few rows and a wide `B` (a weight gradient `Xᵀ dY`) is split by
-//! columns instead: each thread packs and consumes its own panels, meeting the other only at
-//! the end.
+//! share. That row split serves products with a narrow `B` (at most 256 columns per thread);
+//! a wider `B` is split by columns instead: each thread packs its own panels, in groups of at
+//! most 1 MiB per slice that stay in its second-level cache while every row of `A` passes over
+//! them, and meets the other thread only at the end. (Sharing packed panels between the cores
+//! cost 5-10% at these sizes: half of them are read from the other core's cache.)
 //!
 //! The micro-kernel is chosen at run time: a `12 x 32` tile of `C` in twenty-four 16-lane
 //! registers (AVX-512), a `6 x 16` tile in twelve 8-lane registers (AVX2 + FMA), or, on other
@@ -43,7 +45,7 @@ const B_BUDGET: usize = 1 << 21;
 /// back while it is still in cache (a weight gradient's 8 MiB `B` had been packed whole, then
 /// read back from memory).
 const B_RESIDENT: usize = 1 << 18;
-/// Fewest columns of `C` per thread for a product with few rows to split by columns.
+/// Fewest columns of `C` per thread for a product to be split by columns.
 const COLUMN_SPLIT_MIN: usize = 256;
 
 thread_local! {
@@ -517,7 +519,7 @@ unsafe fn blocked<T: Tile>(
     threads: usize,
 ) {
     let (mr, nr) = (T::MR, T::NR);
-    if threads > 1 && m <= MC_MAX * threads && n >= COLUMN_SPLIT_MIN * threads && k > T::KC {
+    if threads > 1 && n >= COLUMN_SPLIT_MIN * threads {
         // SAFETY: forwarded from the caller.
         return unsafe { column_split::<T>((m, n, k), c, read_dst, a, b, threads) };
     }
@@ -689,10 +691,11 @@ unsafe fn depth_block<T: Tile>(
     }
 }
 
-/// The blocked product when `A` has few rows (at most one row block per thread) and `B` is
-/// wide: each thread takes a range of column panels, packs its own panels of each slice of
-/// the shared dimension and multiplies every row by them, so no packed slice is shared and
-/// the threads meet only at the end (instead of twice per slice).
+/// The blocked product when `B` is wide: each thread takes a range of column panels and, a
+/// group of them at a time (at most [`B_RESIDENT`] floats per slice), packs its own panels of
+/// each slice of the shared dimension and multiplies every row of `A` by them. No packed panel
+/// is shared, each group's slice stays in the thread's second-level cache while the row blocks
+/// pass over it, and the threads meet only at the end.
 ///
 /// # Safety
 /// As [`blocked`].
@@ -709,37 +712,45 @@ unsafe fn column_split<T: Tile>(
     let per_thread = panels.div_ceil(threads);
     let mc = m.div_ceil(m.div_ceil(MC_MAX)).div_ceil(mr) * mr;
     let ks = slice_depth::<T>(k);
+    // Panels packed at once: a group's slice stays in the second-level cache while every row
+    // block passes over it.
+    let group = (B_RESIDENT / (ks * nr)).max(1);
     let task = |t: usize| {
         let (p0, p1) = (t * per_thread, panels.min((t + 1) * per_thread));
         if p0 >= p1 {
             return;
         }
-        let own = p1 - p0;
+        // Groups of equal size.
+        let group = (p1 - p0).div_ceil((p1 - p0).div_ceil(group));
+        let own = group.min(p1 - p0);
         with_buffer(&B_PACK, ks * own * nr, |bp| {
             with_buffer(&A_PACK, mc.div_ceil(mr) * ks * mr, |ap| {
-                for pc in (0..k).step_by(ks) {
-                    let kc = ks.min(k - pc);
-                    for (q, panel) in bp.chunks_mut(kc * nr).take(own).enumerate() {
-                        let j = (p0 + q) * nr;
-                        // SAFETY: the columns and depth lie inside `B`'s view (caller).
-                        unsafe { T::pack_b(b, pc, kc, j, nr.min(n - j), panel) };
-                    }
-                    for i0 in (0..m).step_by(mc) {
-                        let rows = mc.min(m - i0);
-                        let bp: &[f32] = bp;
-                        // SAFETY: bounds as above; threads write disjoint columns of `C`.
-                        unsafe {
-                            depth_block::<T>(
-                                (m, n),
-                                c,
-                                a,
-                                (i0, rows),
-                                (pc, kc, ks),
-                                (0, p0, p1),
-                                |_, p| bp[(p - p0) * kc * nr..].as_ptr(),
-                                read_dst || pc > 0,
-                                &mut ap[..rows.div_ceil(mr) * kc * mr],
-                            )
+                for g0 in (p0..p1).step_by(group) {
+                    let g1 = p1.min(g0 + group);
+                    for pc in (0..k).step_by(ks) {
+                        let kc = ks.min(k - pc);
+                        for (q, panel) in bp.chunks_mut(kc * nr).take(g1 - g0).enumerate() {
+                            let j = (g0 + q) * nr;
+                            // SAFETY: the columns and depth lie inside `B`'s view (caller).
+                            unsafe { T::pack_b(b, pc, kc, j, nr.min(n - j), panel) };
+                        }
+                        for i0 in (0..m).step_by(mc) {
+                            let rows = mc.min(m - i0);
+                            let bp: &[f32] = bp;
+                            // SAFETY: bounds as above; threads write disjoint columns of `C`.
+                            unsafe {
+                                depth_block::<T>(
+                                    (m, n),
+                                    c,
+                                    a,
+                                    (i0, rows),
+                                    (pc, kc, ks),
+                                    (0, g0, g1),
+                                    |_, p| bp[(p - g0) * kc * nr..].as_ptr(),
+                                    read_dst || pc > 0,
+                                    &mut ap[..rows.div_ceil(mr) * kc * mr],
+                                )
+                            }
                         }
                     }
                 }
@@ -1383,8 +1394,10 @@ mod tests {
             (150, 70, 600),
             (300, 48, 64),
             (5, 4100, 9),
-            // Few rows, wide and deep: split by columns between threads (two row blocks).
+            // Wide and deep: split by columns between threads (two row blocks).
             (150, 600, 700),
+            // Split by columns, each thread's panels in two groups, two slices deep.
+            (20, 2100, 500),
             // Packed `B` past the resident budget: packed and consumed a slice at a time.
             (290, 100, 2100),
         ];
