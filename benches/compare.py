@@ -123,7 +123,7 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--bench", type=Path, default=ROOT / "target/release/lmforge-bench")
     parser.add_argument("--device", default="flex")
-    parser.add_argument("--case", default="all")
+    parser.add_argument("--case", default="all", help="a case, several separated by commas, or all")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=10)
@@ -145,7 +145,7 @@ def main():
         plan = [(case, seq, None) for case in ("gpt-train", "lstm-train") for seq in (64, 128, 256)]
         plan += [(case, None, w) for case in ("gpt-train", "lstm-train") for w in (128, 256, 512)]
     else:
-        cases = CASES if args.case == "all" else [args.case]
+        cases = CASES if args.case == "all" else args.case.split(",")
         plan = [(case, args.seq, args.width) for case in cases]
 
     if args.json is None:
