@@ -113,6 +113,34 @@ fn beam_search_stopping_rules_equal_huggingface() {
     assert!(distinct.len() >= 3, "the cases should disagree");
 }
 
+/// `min_new_tokens` holds beam search back from ending (here it would end at once with id 16)
+/// and gives HuggingFace's tokens.
+#[test]
+fn beam_search_min_new_tokens_equals_huggingface() {
+    let (gpt, fixture) = gpt2_fixture();
+    let device = reference_device();
+    let prompt = ints(fixture.get("input.stop_prompt"));
+    let beam = BeamConfig::new(4)
+        .with_length_penalty(1.0)
+        .with_early_stopping(EarlyStopping::Finished);
+    let base = GenerationConfig::new()
+        .with_max_new_tokens(12)
+        .with_eos_token_ids(vec![16]);
+    let unconstrained = beam_search(&gpt, &prompt, &base, &beam, device).unwrap();
+    assert_eq!(
+        unconstrained,
+        [16],
+        "without the rule the search ends at once"
+    );
+    for min_new_tokens in [3usize, 6] {
+        let config = base.clone().with_min_new_tokens(min_new_tokens);
+        let out = beam_search(&gpt, &prompt, &config, &beam, device).unwrap();
+        let key = format!("output.beam4_eos16_true_lp1_min{min_new_tokens}");
+        assert_eq!(out, ints(fixture.get(&key)), "{key}");
+        assert!(out.len() > min_new_tokens, "{key}: ends too early: {out:?}");
+    }
+}
+
 /// Generating with the KV cache gives the same tokens as recomputing the whole prefix and
 /// taking the argmax of its last position at every step.
 #[test]

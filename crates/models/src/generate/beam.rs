@@ -67,7 +67,8 @@ struct Finished {
 
 /// Beam search for one prompt: returns the new tokens of the best hypothesis (ending with
 /// its end-of-sequence id when it has one). Uses `config.max_new_tokens`,
-/// `config.eos_token_ids` and `config.repetition_penalty`; sampling settings are ignored.
+/// `config.min_new_tokens`, `config.eos_token_ids` and `config.repetition_penalty`; sampling
+/// settings are ignored.
 ///
 /// # Errors
 /// [`GenerationError`] for an invalid config or prompt, or `num_beams` = 0.
@@ -117,6 +118,15 @@ pub fn beam_search<M: Decoder>(
             let log_probs = log_softmax(&row);
             row.copy_from_slice(&log_probs);
             logits::apply_repetition_penalty(&mut row, &history, config.repetition_penalty as f32);
+            // No hypothesis ends before `min_new_tokens` (HuggingFace's min-new-tokens
+            // processor, applied after the log-softmax as there).
+            if step < config.min_new_tokens {
+                for &eos in &config.eos_token_ids {
+                    if let Some(l) = row.get_mut(eos as usize) {
+                        *l = f32::NEG_INFINITY;
+                    }
+                }
+            }
             for (t, lp) in row.iter().enumerate() {
                 candidates.push((lp + running[b].1, b, t as u32));
             }
