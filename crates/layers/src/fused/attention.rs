@@ -47,10 +47,7 @@ pub(crate) fn attention(
     causal: bool,
     scale: f32,
 ) -> Option<Tensor<4>> {
-    let f32s = [q.dtype(), k.dtype(), v.dtype()]
-        .iter()
-        .all(|&d| d == DType::F32);
-    if !f32s {
+    if !all_f32(q, k, v) {
         return None;
     }
     if !q.device().is_autodiff() {
@@ -88,10 +85,7 @@ pub(crate) fn single_query(
     group: usize,
     scale: f32,
 ) -> Option<Tensor<4>> {
-    let f32s = [q.dtype(), k.dtype(), v.dtype()]
-        .iter()
-        .all(|&d| d == DType::F32);
-    if !f32s || q.device().is_autodiff() || q.dims()[2] != 1 {
+    if !all_f32(q, k, v) || q.device().is_autodiff() || q.dims()[2] != 1 {
         return None;
     }
     let q = HeadView::new(q.clone().try_into_primitive::<Flex>().ok()?);
@@ -109,14 +103,7 @@ pub(crate) fn single_query(
     if batch * heads * seq_k == 0 {
         return None;
     }
-    let mask = match mask {
-        Some(mask) => {
-            let mask = mask.clone().into_data().try_to_vec::<bool>().ok()?;
-            assert_eq!(mask.len(), batch * heads * seq_k, "attention: mask shape");
-            Some(mask)
-        }
-        None => None,
-    };
+    let mask = mask_on_host(mask, batch * heads * seq_k)?;
     // The context of pair `(b, h)` is row `b * heads + h`: `[batch, 1, heads, d_v]`.
     let mut out = vec![0.0f32; batch * heads * d_v];
     let pair = |p: usize, out: &mut [f32], scores: &mut Vec<f32>, bias: &mut Vec<f32>| {
@@ -272,19 +259,26 @@ fn prepare(
         d_v,
     };
     // The mask is read back only once the tensors are known to be flex tensors.
-    let mask = match mask {
-        Some(mask) => {
-            let mask = mask.clone().into_data().try_to_vec::<bool>().ok()?;
-            assert_eq!(
-                mask.len(),
-                batch * heads * seq_q * seq_k,
-                "attention: mask shape"
-            );
-            Some(mask)
-        }
-        None => None,
-    };
+    let mask = mask_on_host(mask, batch * heads * seq_q * seq_k)?;
     Some((dims, batch, mask))
+}
+
+/// Whether the three inputs are `f32` (the only dtype the kernels take).
+fn all_f32(q: &Tensor<4>, k: &Tensor<4>, v: &Tensor<4>) -> bool {
+    [q.dtype(), k.dtype(), v.dtype()]
+        .iter()
+        .all(|&d| d == DType::F32)
+}
+
+/// The mask read back to the host (`Some(None)` without one), checked to hold `len` entries;
+/// `None` when it is not readable as booleans.
+fn mask_on_host(mask: Option<&Tensor<4, Bool>>, len: usize) -> Option<Option<Vec<bool>>> {
+    let Some(mask) = mask else {
+        return Some(None);
+    };
+    let mask = mask.clone().into_data().try_to_vec::<bool>().ok()?;
+    assert_eq!(mask.len(), len, "attention: mask shape");
+    Some(Some(mask))
 }
 
 fn on_autodiff<C: CheckpointStrategy>(
