@@ -1,18 +1,26 @@
-//! The elementwise part of one LSTM step, for one batch row, written as straight loops over
-//! the gate blocks so that the compiler vectorizes them (see [`crate::fused::math`]).
+//! The elementwise part of one LSTM step, for one batch row and a range of hidden units, written
+//! as straight loops over the gate blocks so that the compiler vectorizes them (see
+//! [`crate::fused::math`]).
 
 use crate::fused::math::{sigmoid, simd_dispatch, tanh};
 
 simd_dispatch! {
-    /// Forward cell update of one row: `gates` (`[4 * hidden]`, pre-activations `i, f, g, o`)
-    /// are activated in place; writes the new cell state `c` and hidden state `h`.
-    pub(super) fn forward(gates: &mut [f32], c_prev: &[f32], c: &mut [f32], h: &mut [f32]) {
-        let hidden = c.len();
-        let (i, rest) = gates.split_at_mut(hidden);
-        let (f, rest) = rest.split_at_mut(hidden);
-        let (g, o) = rest.split_at_mut(hidden);
-        let (c_prev, h) = (&c_prev[..hidden], &mut h[..hidden]);
-        for j in 0..hidden {
+    /// Forward cell update of one row's units: the gate pre-activations `i, f, g, o` (one
+    /// slice per gate, each of the units' length) are activated in place; writes the new cell
+    /// state `c` and hidden state `h`.
+    pub(super) fn forward(
+        i: &mut [f32],
+        f: &mut [f32],
+        g: &mut [f32],
+        o: &mut [f32],
+        c_prev: &[f32],
+        c: &mut [f32],
+        h: &mut [f32],
+    ) {
+        let n = c.len();
+        let (i, f, g, o) = (&mut i[..n], &mut f[..n], &mut g[..n], &mut o[..n]);
+        let (c_prev, h) = (&c_prev[..n], &mut h[..n]);
+        for j in 0..n {
             let (iv, fv, gv, ov) = (sigmoid(i[j]), sigmoid(f[j]), tanh(g[j]), sigmoid(o[j]));
             let cv = fv * c_prev[j] + iv * gv;
             i[j] = iv;
@@ -26,23 +34,25 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
-    /// Backward cell update of one row, in place: `ga` holds the activated gates on entry and
-    /// the gradient of the gate pre-activations on return. `c` and `c_prev` are the cell
-    /// states after and before the step, `dh` the gradient of the step's hidden state; `dc`
-    /// (the cell-state gradient from the later steps) becomes the gradient of `c_prev`.
+    /// Backward cell update of one row's units, in place: the gate slices `i, f, g, o` hold
+    /// the activated gates on entry and the gradient of the gate pre-activations on return.
+    /// `c` and `c_prev` are the cell states after and before the step, `dh` the gradient of
+    /// the step's hidden state; `dc` (the cell-state gradient from the later steps) becomes
+    /// the gradient of `c_prev`.
     pub(super) fn backward(
-        ga: &mut [f32],
+        i: &mut [f32],
+        f: &mut [f32],
+        g: &mut [f32],
+        o: &mut [f32],
         c: &[f32],
         c_prev: &[f32],
         dh: &[f32],
         dc: &mut [f32],
     ) {
-        let hidden = c.len();
-        let (i, rest) = ga.split_at_mut(hidden);
-        let (f, rest) = rest.split_at_mut(hidden);
-        let (g, o) = rest.split_at_mut(hidden);
-        let (c_prev, dh, dc) = (&c_prev[..hidden], &dh[..hidden], &mut dc[..hidden]);
-        for j in 0..hidden {
+        let n = c.len();
+        let (i, f, g, o) = (&mut i[..n], &mut f[..n], &mut g[..n], &mut o[..n]);
+        let (c_prev, dh, dc) = (&c_prev[..n], &dh[..n], &mut dc[..n]);
+        for j in 0..n {
             let (iv, fv, gv, ov) = (i[j], f[j], g[j], o[j]);
             let tc = tanh(c[j]);
             let dcv = dc[j] + dh[j] * ov * (1.0 - tc * tc);

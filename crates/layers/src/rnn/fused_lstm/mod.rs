@@ -10,8 +10,9 @@
 //! - the backward pass is hand-written back-propagation through time: per step one fused loop
 //!   for the gate gradients and one matmul for the recurrent gradient, then the hidden-weight
 //!   gradient as **one** matmul over all steps;
-//! - the batch rows are independent in both passes, so they are split across rayon's threads
-//!   (one block of rows per thread, no synchronisation inside the time loop).
+//! - each time step's work is split across rayon's threads by hidden units (each thread computes
+//!   its units' gates, cell and hidden state for the whole batch, from a weight packed once per
+//!   sequence), with one wait per step for the other threads' units (see [`lockstep`]).
 //!
 //! The operation's single output packs the hidden states of every step and the final cell
 //! state as `[batch_size, seq_length + 1, d_hidden]` (burn's autodiff nodes have one output).
@@ -32,13 +33,15 @@ use burn_autodiff::ops::{Backward, Ops, OpsKind};
 use burn_dispatch::DispatchKindConversion;
 use burn_flex::{Flex, FlexTensor, Layout};
 use burn_tensor::DispatchTensor;
-use rayon::prelude::*;
+use std::ops::Range;
 
 mod cell;
+mod lockstep;
 mod packed;
 
 use crate::fused::{contiguous, flex_tensor, matmul_new, slice, writable};
-use packed::Packed;
+use lockstep::lockstep;
+use packed::{Packed, Source};
 
 /// Runs one LSTM direction over a projected sequence as one fused operation.
 ///
@@ -67,6 +70,7 @@ pub(crate) fn lstm_sequence(
     if [xp.dtype(), w_hh.dtype(), h0.dtype(), c0.dtype()]
         .iter()
         .any(|&d| d != DType::F32)
+        || xp.dims()[..2].contains(&0)
     {
         return Err(xp);
     }
@@ -156,16 +160,99 @@ impl Dims {
         4 * self.hidden
     }
 
-    /// Rows per thread block: the batch split evenly over rayon's threads.
-    fn rows_per_block(&self) -> usize {
-        self.batch
-            .div_ceil(rayon::current_num_threads().max(1))
-            .max(1)
-    }
-
     /// Position processed at `step` (steps count in processing order).
     fn position(&self, step: usize, reverse: bool) -> usize {
         if reverse { self.seq - 1 - step } else { step }
+    }
+}
+
+/// How one time step's work is shared between rayon's threads: the hidden units in whole
+/// panels of the step product (each part computes its units' four gates, cell and hidden
+/// state, for every batch row), and the batch rows as well when there are more threads than
+/// panels of units.
+#[derive(Clone, Copy, Debug)]
+struct Split {
+    /// Hidden units per part (a multiple of the panel width, except the last part's).
+    units: usize,
+    unit_parts: usize,
+    /// Batch rows per part.
+    rows: usize,
+    row_parts: usize,
+    dims: Dims,
+}
+
+impl Split {
+    fn new(dims: Dims, panel_width: usize) -> Self {
+        let threads = rayon::current_num_threads().max(1);
+        let unit_parts = threads.min(dims.hidden.div_ceil(panel_width)).max(1);
+        let units = dims
+            .hidden
+            .div_ceil(unit_parts)
+            .next_multiple_of(panel_width);
+        let unit_parts = dims.hidden.div_ceil(units);
+        let rows = dims
+            .batch
+            .div_ceil((threads / unit_parts).clamp(1, dims.batch));
+        Self {
+            units,
+            unit_parts,
+            rows,
+            row_parts: dims.batch.div_ceil(rows),
+            dims,
+        }
+    }
+
+    fn parts(&self) -> usize {
+        self.unit_parts * self.row_parts
+    }
+
+    /// The batch rows and hidden units of part `part`.
+    fn part(&self, part: usize) -> (Range<usize>, Range<usize>) {
+        let (r, u) = (part / self.unit_parts, part % self.unit_parts);
+        (
+            r * self.rows..((r + 1) * self.rows).min(self.dims.batch),
+            u * self.units..((u + 1) * self.units).min(self.dims.hidden),
+        )
+    }
+}
+
+/// A buffer that the chunks of one phase of [`lockstep`] read and write at disjoint places.
+#[derive(Clone, Copy, Debug)]
+struct Shared {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: a `Shared` is only an address; every access goes through the unsafe methods below,
+// whose callers keep the threads' ranges disjoint within a phase.
+unsafe impl Send for Shared {}
+// SAFETY: as above.
+unsafe impl Sync for Shared {}
+
+impl Shared {
+    fn new(buffer: &mut [f32]) -> Self {
+        Self {
+            ptr: buffer.as_mut_ptr(),
+            len: buffer.len(),
+        }
+    }
+
+    /// The address of element `at`.
+    fn at(self, at: usize) -> *mut f32 {
+        assert!(at <= self.len, "fused LSTM: offset out of bounds");
+        // SAFETY: `at` is within the buffer (or one past its end).
+        unsafe { self.ptr.add(at) }
+    }
+
+    /// Elements `at..at + len`.
+    ///
+    /// # Safety
+    /// No other thread reads or writes them while the slice lives.
+    #[allow(clippy::mut_from_ref)]
+    unsafe fn slice<'a>(self, at: usize, len: usize) -> &'a mut [f32] {
+        assert!(at + len <= self.len, "fused LSTM: range out of bounds");
+        // SAFETY: in bounds; exclusive by the caller's promise.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(at), len) }
     }
 }
 
@@ -210,57 +297,70 @@ fn forward(
     };
     let Dims { batch, seq, hidden } = dims;
     let g4 = dims.gates();
-    let (w, h0, c0) = (slice(w), slice(h0), slice(c0));
+    let (h0, c0) = (slice(h0), slice(c0));
+    let (gs, cs, os) = (seq * g4, seq * hidden, (seq + 1) * hidden);
 
-    // W_hh^T, `[hidden, 4 * hidden]`, packed once for every step of every thread.
-    let w_t = Packed::new(hidden, g4, |row, col| w[col * hidden + row]);
-    let mut out = vec![0.0f32; batch * (seq + 1) * hidden];
+    // W_hh^T, `[hidden, 4 * hidden]`, packed once for every step, each gate on whole panels.
+    let w_t = Packed::new(slice(w), hidden, 4, hidden, Source::Transposed);
+    let split = Split::new(dims, w_t.panel_width());
+    let mut out = vec![0.0f32; batch * os];
     // Each step adds `h_prev W_hh^T` to the projected input in place: in `xp` itself when
     // nothing else holds it, else in a copy (same layout, `[batch, seq, 4 * hidden]`).
     let mut gates = writable(xp);
-    let mut cells = vec![0.0f32; batch * seq * hidden];
-    let rows = dims.rows_per_block();
-    let gates_mut: &mut [f32] = gates.try_storage_mut().expect("unique by construction");
-    out.par_chunks_mut(rows * (seq + 1) * hidden)
-        .zip(gates_mut.par_chunks_mut(rows * seq * g4))
-        .zip(cells.par_chunks_mut(rows * seq * hidden))
-        .enumerate()
-        .for_each(|(block, ((out, gates), cells))| {
-            let b0 = block * rows;
-            let nb = out.len() / ((seq + 1) * hidden);
-            let (gs, cs, os) = (seq * g4, seq * hidden, (seq + 1) * hidden);
-            let mut c_row = vec![0.0f32; hidden];
-            for step in 0..seq {
-                let t = dims.position(step, reverse);
-                let prev = (step > 0).then(|| dims.position(step - 1, reverse));
-                // gates[t] += h_prev W_hh^T (reads `out` or `h0`, writes `gates`)
-                let (h_prev, h_rs): (&[f32], usize) = match prev {
-                    Some(p) => (&out[p * hidden..], os),
-                    None => (&h0[b0 * hidden..], hidden),
-                };
-                w_t.mul(nb, h_prev, h_rs, &mut gates[t * g4..], gs, true);
-                for r in 0..nb {
-                    let c_prev = match prev {
-                        Some(p) => &cells[r * cs + p * hidden..][..hidden],
-                        None => &c0[(b0 + r) * hidden..][..hidden],
+    let mut cells = vec![0.0f32; batch * cs];
+    {
+        let g = Shared::new(gates.try_storage_mut().expect("unique by construction"));
+        let (o, c) = (Shared::new(&mut out), Shared::new(&mut cells));
+        lockstep(seq, split.parts(), |step, part| {
+            let (rows, units) = split.part(part);
+            let (u0, n) = (units.start, units.len());
+            let t = dims.position(step, reverse);
+            let prev = (step > 0).then(|| dims.position(step - 1, reverse));
+            let (h_prev, h_rs) = match prev {
+                Some(p) => (o.at(rows.start * os + p * hidden).cast_const(), os),
+                None => (h0[rows.start * hidden..].as_ptr(), hidden),
+            };
+            // gates[rows, t, units of each gate] += h_prev W_hh^T. SAFETY: the previous
+            // positions' hidden states were written by the previous phase and nothing writes
+            // them now; this part alone writes its rows' gate columns of its units.
+            unsafe {
+                w_t.mul_units(
+                    rows.len(),
+                    h_prev,
+                    h_rs,
+                    g.at(rows.start * gs + t * g4),
+                    gs,
+                    units.clone(),
+                    true,
+                );
+            }
+            for r in rows {
+                let gate = r * gs + t * g4 + u0;
+                // SAFETY: this part alone touches its rows' units at position `t` (the gates,
+                // the cell and hidden state); position `prev`'s cell states are only read.
+                unsafe {
+                    let c_prev: &[f32] = match prev {
+                        Some(p) => c.slice(r * cs + p * hidden + u0, n),
+                        None => &c0[r * hidden + u0..][..n],
                     };
-                    // `c_prev` and the new cell state are different positions of `cells`;
-                    // copy the previous one out of the borrow.
-                    c_row.copy_from_slice(c_prev);
                     cell::forward(
-                        &mut gates[r * gs + t * g4..][..g4],
-                        &c_row,
-                        &mut cells[r * cs + t * hidden..][..hidden],
-                        &mut out[r * os + t * hidden..][..hidden],
+                        g.slice(gate, n),
+                        g.slice(gate + hidden, n),
+                        g.slice(gate + 2 * hidden, n),
+                        g.slice(gate + 3 * hidden, n),
+                        c_prev,
+                        c.slice(r * cs + t * hidden + u0, n),
+                        o.slice(r * os + t * hidden + u0, n),
                     );
                 }
             }
-            let last = dims.position(seq - 1, reverse);
-            for r in 0..nb {
-                out[r * os + seq * hidden..][..hidden]
-                    .copy_from_slice(&cells[r * cs + last * hidden..][..hidden]);
-            }
         });
+    }
+    let last = dims.position(seq - 1, reverse);
+    for r in 0..batch {
+        out[r * os + seq * hidden..][..hidden]
+            .copy_from_slice(&cells[r * cs + last * hidden..][..hidden]);
+    }
     let out = flex_tensor(out, [batch, seq + 1, hidden]);
     (out, Saved { dims, gates, cells })
 }
@@ -287,57 +387,79 @@ fn backward(state: LstmState, grad: &[f32]) -> Grads {
     } = state;
     let Dims { batch, seq, hidden } = dims;
     let g4 = dims.gates();
-    let (w, h0, c0, out) = (slice(&w), slice(&h0), slice(&c0), slice(&out));
+    let (h0, c0, out) = (slice(&h0), slice(&c0), slice(&out));
     let (gs, cs, os) = (seq * g4, seq * hidden, (seq + 1) * hidden);
 
-    // W_hh, `[4 * hidden, hidden]`, packed once for every step of every thread.
-    let w_p = Packed::new(g4, hidden, |row, col| w[row * hidden + col]);
+    // W_hh, `[4 * hidden, hidden]`, packed once for every step.
+    let w_p = Packed::new(slice(&w), g4, 1, hidden, Source::Rows);
+    let split = Split::new(dims, w_p.panel_width());
     let mut dxp_t = writable(gates);
     let dxp: &mut [f32] = dxp_t.try_storage_mut().expect("unique by construction");
-    let mut dh0 = vec![0.0f32; batch * hidden];
-    let mut dc0 = vec![0.0f32; batch * hidden];
-    let rows = dims.rows_per_block();
-    dxp.par_chunks_mut(rows * gs)
-        .zip(dh0.par_chunks_mut(rows * hidden))
-        .zip(dc0.par_chunks_mut(rows * hidden))
-        .enumerate()
-        .for_each(|(block, ((dxp, dh), dc))| {
-            let b0 = block * rows;
-            let nb = dh.len() / hidden;
-            let cells = &cells[b0 * cs..];
-            let grad = &grad[b0 * os..];
-            // dc starts as the gradient of the final cell state; dh (the gradient flowing into
-            // h_prev from the later steps) starts at zero.
-            for r in 0..nb {
-                dc[r * hidden..][..hidden]
-                    .copy_from_slice(&grad[r * os + seq * hidden..][..hidden]);
+    // `dh`: the gradient flowing into the previous hidden state from the later steps (zero
+    // before the last step); `dc`: the cell state's, from the final cell state's gradient.
+    let mut dh = vec![0.0f32; batch * hidden];
+    let mut dc = vec![0.0f32; batch * hidden];
+    for r in 0..batch {
+        dc[r * hidden..][..hidden].copy_from_slice(&grad[r * os + seq * hidden..][..hidden]);
+    }
+    {
+        let a = Shared::new(dxp);
+        let (dhs, dcs) = (Shared::new(&mut dh), Shared::new(&mut dc));
+        // Phase `q` first finishes `dh` of the step processed in phase `q - 1` (its product
+        // needs every unit's gate gradients), then runs the cell backward of the next step.
+        lockstep(seq + 1, split.parts(), |phase, part| {
+            let (rows, units) = split.part(part);
+            let (u0, n) = (units.start, units.len());
+            if phase > 0 {
+                let t = dims.position(seq - phase, reverse);
+                // dh[rows, units] = dA_t[rows] W_hh[.., units]. SAFETY: every unit's gate
+                // gradients at `t` were written by the previous phase and are only read now;
+                // this part alone writes its rows' units of `dh`.
+                unsafe {
+                    w_p.mul_units(
+                        rows.len(),
+                        a.at(rows.start * gs + t * g4).cast_const(),
+                        gs,
+                        dhs.at(rows.start * hidden),
+                        hidden,
+                        units.clone(),
+                        false,
+                    );
+                }
             }
-            let mut dh_next = vec![0.0f32; nb * hidden];
-            for step in (0..seq).rev() {
-                let t = dims.position(step, reverse);
-                let prev = (step > 0).then(|| dims.position(step - 1, reverse));
-                for r in 0..nb {
-                    let c_prev = match prev {
-                        Some(p) => &cells[r * cs + p * hidden..][..hidden],
-                        None => &c0[(b0 + r) * hidden..][..hidden],
-                    };
-                    let dh = &mut dh_next[r * hidden..][..hidden];
-                    for (d, g) in dh.iter_mut().zip(&grad[r * os + t * hidden..][..hidden]) {
+            if phase == seq {
+                return;
+            }
+            let step = seq - 1 - phase;
+            let t = dims.position(step, reverse);
+            let prev = step.checked_sub(1).map(|s| dims.position(s, reverse));
+            for r in rows {
+                let c_prev = match prev {
+                    Some(p) => &cells[r * cs + p * hidden + u0..][..n],
+                    None => &c0[r * hidden + u0..][..n],
+                };
+                let gate = r * gs + t * g4 + u0;
+                // SAFETY: this part alone touches its rows' units of `dh`, `dc` and of the gate
+                // gradients at `t`.
+                unsafe {
+                    let dh = dhs.slice(r * hidden + u0, n);
+                    for (d, g) in dh.iter_mut().zip(&grad[r * os + t * hidden + u0..][..n]) {
                         *d += g;
                     }
                     cell::backward(
-                        &mut dxp[r * gs + t * g4..][..g4],
-                        &cells[r * cs + t * hidden..][..hidden],
+                        a.slice(gate, n),
+                        a.slice(gate + hidden, n),
+                        a.slice(gate + 2 * hidden, n),
+                        a.slice(gate + 3 * hidden, n),
+                        &cells[r * cs + t * hidden + u0..][..n],
                         c_prev,
                         dh,
-                        &mut dc[r * hidden..][..hidden],
+                        dcs.slice(r * hidden + u0, n),
                     );
                 }
-                // dh_prev = dA_t W_hh
-                w_p.mul(nb, &dxp[t * g4..], gs, &mut dh_next, hidden, false);
             }
-            dh.copy_from_slice(&dh_next);
         });
+    }
 
     // dW_hh = sum over (row, position) of dA^T h_prev: one [4H, B*T] x [B*T, H] product.
     let mut h_prev = vec![0.0f32; batch * seq * hidden];
@@ -351,6 +473,7 @@ fn backward(state: LstmState, grad: &[f32]) -> Grads {
             h_prev[(b * seq + t) * hidden..][..hidden].copy_from_slice(src);
         }
     }
+    let dxp: &[f32] = dxp_t.try_storage_mut().expect("unique by construction");
     let dw = matmul_new(
         (g4, hidden, batch * seq),
         dxp,
@@ -361,8 +484,8 @@ fn backward(state: LstmState, grad: &[f32]) -> Grads {
     Grads {
         xp: dxp_t,
         w: dw,
-        h0: dh0,
-        c0: dc0,
+        h0: dh,
+        c0: dc,
     }
 }
 
@@ -494,10 +617,12 @@ mod tests {
     }
 
     /// The fused recurrence and its hand-written backward pass equal the composed ops (whose
-    /// agreement with PyTorch `tests/rnn_reference.rs` checks), for both directions, uneven
-    /// thread blocks (batch 3 and 5), a single step, and gradient checkpointing; with 64 hidden
-    /// units (whole weight panels) for blocks of rows that fill the step product's register
-    /// tile and leave a partial one (batch 13) or only a partial one (batch 3).
+    /// agreement with PyTorch `tests/rnn_reference.rs` checks), for both directions, a single
+    /// step, and gradient checkpointing; on rayon's pool (two threads here), on one thread and
+    /// on three. 5 hidden units split the batch rows unevenly (batch 3 and 5); 64 and 96 units
+    /// split into whole weight panels, 40 into a whole panel and a partial one (with AVX-512),
+    /// for batches that fill the step product's register tile (16), leave a partial one (13)
+    /// or only a partial one (3, 4).
     #[test]
     fn fused_equals_composed_values_and_gradients() {
         let device = flex_device().expect(FLEX_REQUIRED);
@@ -517,9 +642,25 @@ mod tests {
             device.clone().autodiff(),
             device.clone().autodiff().gradient_checkpointing(),
         ] {
-            for shape in [(1, 1, 5), (3, 4, 5), (5, 7, 5), (13, 6, 64), (3, 5, 64)] {
-                for reverse in [false, true] {
-                    let fused = outputs(&device, shape, reverse, true);
+            for shape in [
+                (1, 1, 5),
+                (3, 4, 5),
+                (5, 7, 5),
+                (13, 6, 64),
+                (3, 5, 64),
+                (16, 5, 40),
+                (4, 3, 96),
+            ] {
+                for (reverse, threads) in [(false, 0), (true, 0), (false, 1), (true, 3)] {
+                    let fused = if threads == 0 {
+                        outputs(&device, shape, reverse, true)
+                    } else {
+                        rayon::ThreadPoolBuilder::new()
+                            .num_threads(threads)
+                            .build()
+                            .unwrap()
+                            .install(|| outputs(&device, shape, reverse, true))
+                    };
                     let composed = outputs(&device, shape, reverse, false);
                     for ((name, a), b) in names.iter().zip(&fused).zip(&composed) {
                         let worst = max_abs_diff(a, b);
@@ -532,8 +673,8 @@ mod tests {
                         };
                         assert!(
                             worst <= 2e-6 * scale,
-                            "{name} (shape {shape:?}, reverse {reverse}): fused and composed \
-                             differ by {worst}"
+                            "{name} (shape {shape:?}, reverse {reverse}, {threads} threads): \
+                             fused and composed differ by {worst}"
                         );
                         assert!(a.iter().any(|v| *v != 0.0), "{name} is all zeros");
                     }
