@@ -6,14 +6,22 @@
 //!   definitions).
 //! - [`EntityF1`]: entity-level precision, recall and F1 for BIO / BIOES tags, with seqeval's
 //!   default (CoNLL-eval) chunking.
+//! - [`corpus_bleu`] / [`Bleu`]: corpus BLEU as sacreBLEU computes it by default (`13a`
+//!   tokenization, 4-grams, brevity penalty, `exp` smoothing).
+//! - [`SquadScores`]: exact match and F1 of extractive question answering, as SQuAD's official
+//!   evaluation script computes them.
 
+mod bleu;
 mod classification;
 mod entity;
 mod perplexity;
+mod squad;
 
+pub use bleu::{Bleu, BleuScore, corpus_bleu, tokenize_13a};
 pub use classification::{Accuracy, ConfusionMatrix};
 pub use entity::{Entity, EntityF1, entities};
 pub use perplexity::Perplexity;
+pub use squad::{SquadScores, squad_exact_match, squad_f1, squad_normalize};
 
 use burn::tensor::{Int, Tensor};
 
