@@ -153,19 +153,19 @@ impl Bleu {
         let mut smooth = 1.0f64;
         // No match of any order: 0, with no smoothed precisions.
         let any_match = self.matches.iter().any(|&m| m > 0);
-        for n in 0..MAX_ORDER {
-            if !any_match {
+        let orders = precisions
+            .iter_mut()
+            .zip(self.matches.iter().zip(&self.totals));
+        for (precision, (&matches, &total)) in orders {
+            if !any_match || total == 0 {
                 break;
             }
-            if self.totals[n] == 0 {
-                break;
-            }
-            precisions[n] = if self.matches[n] == 0 {
+            *precision = if matches == 0 {
                 // sacreBLEU's `exp` smoothing: 1 / 2^k for the k-th order without a match.
                 smooth *= 2.0;
-                100.0 / (smooth * self.totals[n] as f64)
+                100.0 / (smooth * total as f64)
             } else {
-                100.0 * self.matches[n] as f64 / self.totals[n] as f64
+                100.0 * matches as f64 / total as f64
             };
         }
         let (sys, refs) = (self.hypothesis_length as f64, self.reference_length as f64);

@@ -34,22 +34,20 @@ simd_dispatch! {
 }
 
 simd_dispatch! {
-    /// Backward cell update of one row's units, in place: the gate slices `i, f, g, o` hold
+    /// Backward cell update of one row's units, in place: the gate slices `[i, f, g, o]` hold
     /// the activated gates on entry and the gradient of the gate pre-activations on return.
     /// `c` and `c_prev` are the cell states after and before the step, `dh` the gradient of
     /// the step's hidden state; `dc` (the cell-state gradient from the later steps) becomes
     /// the gradient of `c_prev`.
     pub(super) fn backward(
-        i: &mut [f32],
-        f: &mut [f32],
-        g: &mut [f32],
-        o: &mut [f32],
+        gates: [&mut [f32]; 4],
         c: &[f32],
         c_prev: &[f32],
         dh: &[f32],
         dc: &mut [f32],
     ) {
         let n = c.len();
+        let [i, f, g, o] = gates;
         let (i, f, g, o) = (&mut i[..n], &mut f[..n], &mut g[..n], &mut o[..n]);
         let (c_prev, dh, dc) = (&c_prev[..n], &dh[..n], &mut dc[..n]);
         for j in 0..n {

@@ -447,10 +447,12 @@ fn backward(state: LstmState, grad: &[f32]) -> Grads {
                         *d += g;
                     }
                     cell::backward(
-                        a.slice(gate, n),
-                        a.slice(gate + hidden, n),
-                        a.slice(gate + 2 * hidden, n),
-                        a.slice(gate + 3 * hidden, n),
+                        [
+                            a.slice(gate, n),
+                            a.slice(gate + hidden, n),
+                            a.slice(gate + 2 * hidden, n),
+                            a.slice(gate + 3 * hidden, n),
+                        ],
                         &cells[r * cs + t * hidden + u0..][..n],
                         c_prev,
                         dh,

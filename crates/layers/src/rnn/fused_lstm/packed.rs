@@ -149,6 +149,8 @@ impl Packed {
 
 #[cfg(test)]
 mod tests {
+    use std::ops::Range;
+
     use super::{Packed, Source};
 
     /// Against a naive triple loop, for shapes with partial panels and partial row tiles, with
@@ -176,10 +178,12 @@ mod tests {
             let transposed = Packed::new(&bt, k, blocks, block, Source::Transposed);
             assert_eq!(rows.panels, transposed.panels, "the two layouts pack alike");
             let nr = rows.panel_width();
-            let mut ranges = vec![0..block];
-            if block > nr {
-                ranges.extend([0..nr, nr..block]);
-            }
+            // The whole block, and its first panel and the rest when it has more than one.
+            let ranges: Vec<Range<usize>> = [(0, block), (0, nr), (nr, block)]
+                .into_iter()
+                .take(if block > nr { 3 } else { 1 })
+                .map(|(a, b)| a..b)
+                .collect();
             for units in ranges {
                 for accumulate in [false, true] {
                     let start: Vec<f32> = (0..m * ldc).map(|i| value(i, 3)).collect();
