@@ -7,6 +7,7 @@
 //! - [`dataset`]: corpora as causal-LM token blocks with train/valid/test splits,
 //!   next-sentence-prediction pairs, TSV classification, CoNLL token labels aligned to
 //!   sub-words, seeded shuffling and streaming readers for large files.
+//! - [`augment`]: seeded token-level data augmentation (deletion, swap, insertion, synonyms).
 //! - [`batcher`]: truncation, padding (dynamic or fixed), padding masks and label tensors.
 //!
 //! Token ids become `Tensor<2, Int>` `[batch_size, seq_length]` and padding masks
@@ -28,6 +29,7 @@
 //! # Ok::<(), lmforge_data::DataError>(())
 //! ```
 
+pub mod augment;
 pub mod batcher;
 pub mod chat;
 pub mod dataset;
