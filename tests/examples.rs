@@ -87,6 +87,11 @@ fn lstm_lm_trains_and_reports_perplexity() {
         "{}",
         s.test_perplexity
     );
+    assert!(
+        s.test_accuracy > 0.0 && s.test_accuracy <= 1.0,
+        "next-word accuracy {}",
+        s.test_accuracy
+    );
 }
 
 #[test]
@@ -101,6 +106,11 @@ fn lstm_lm_stateful_with_tied_weights() {
         s.test_perplexity > 1.0 && s.test_perplexity < 200.0,
         "{}",
         s.test_perplexity
+    );
+    assert!(
+        s.test_accuracy > 0.0 && s.test_accuracy <= 1.0,
+        "next-word accuracy {}",
+        s.test_accuracy
     );
 }
 

@@ -1,5 +1,5 @@
 //! Word-level LSTM language model (Embedding -> LSTM -> Dense): trains, then reports
-//! validation and test perplexity.
+//! validation and test perplexity and next-word accuracy.
 //!
 //! ```sh
 //! cargo run --release --example lstm_lm                        # built-in corpus, ~1 minute
@@ -96,6 +96,8 @@ pub struct Summary {
     pub valid_perplexity: f64,
     /// Test perplexity at the end.
     pub test_perplexity: f64,
+    /// Test next-word accuracy (the arg-max is the next word) at the end.
+    pub test_accuracy: f64,
 }
 
 fn load(args: &Args) -> Result<(WordTokenizer, LmSplits)> {
@@ -230,10 +232,20 @@ fn fit_and_test<T: Task<LstmLm, Item = Vec<u32>>>(
     let model = out.best_model.unwrap_or(out.model);
     let valid_eval = evaluate(&model, task, valid, None)?;
     let test_eval = evaluate(&model, task, test, None)?;
+    let accuracy = |eval: &lmforge::training::Evaluation| {
+        eval.accuracy
+            .context("the language-model task counts next-word hits")
+    };
+    let (valid_accuracy, test_accuracy) = (accuracy(&valid_eval)?, accuracy(&test_eval)?);
     if !args.quiet {
         println!(
-            "best model: validation perplexity {:.2}, test perplexity {:.2} ({} test tokens)",
-            valid_eval.perplexity, test_eval.perplexity, test_eval.count
+            "best model: validation perplexity {:.2}, accuracy {:.1}%; test perplexity {:.2}, \
+             accuracy {:.1}% ({} test tokens)",
+            valid_eval.perplexity,
+            100.0 * valid_accuracy,
+            test_eval.perplexity,
+            100.0 * test_accuracy,
+            test_eval.count
         );
     }
     Ok(Summary {
@@ -241,6 +253,7 @@ fn fit_and_test<T: Task<LstmLm, Item = Vec<u32>>>(
         last_loss,
         valid_perplexity: valid_eval.perplexity,
         test_perplexity: test_eval.perplexity,
+        test_accuracy,
     })
 }
 

@@ -57,7 +57,8 @@ impl CausalLm for LstmLm {
 
 /// Next-token prediction on rows of token ids (e.g. the blocks of
 /// [`LmBlocksConfig`](lmforge_data::dataset::lm_blocks::LmBlocksConfig)); rows shorter than the longest
-/// are padded with `pad_id` and the padding is neither attended to nor predicted.
+/// are padded with `pad_id` and the padding is neither attended to nor predicted. Evaluation
+/// steps also count next-token accuracy (the arg-max equals the next token).
 #[derive(Clone, Debug)]
 pub struct CausalLmTask {
     /// The padding id.
@@ -108,10 +109,19 @@ impl<M: CausalLm> Task<M> for CausalLmTask {
         let logits = model.causal_logits(tokens, mask_pad);
         let targets = Tensor::from_data(TensorData::new(targets, shape), device);
         let n_tokens = items.iter().map(Vec::len).sum();
-        Ok(StepOutput::from_loss(
-            causal_lm_loss(logits, targets, &self.loss),
-            n_tokens,
-        ))
+        // Next-token accuracy in evaluation only (training steps skip the arg-max).
+        let hits = (!context.training).then(|| {
+            let [b, t, _] = logits.dims();
+            correct(
+                logits.clone().detach().slice([0..b, 0..t - 1]),
+                targets.clone().slice([0..b, 1..t]),
+            )
+        });
+        let out = StepOutput::from_loss(causal_lm_loss(logits, targets, &self.loss), n_tokens);
+        Ok(match hits {
+            Some(hits) => out.with_correct(hits),
+            None => out,
+        })
     }
 }
 
@@ -355,6 +365,76 @@ mod tests {
                 e
             })
             .collect()
+    }
+
+    /// Evaluation steps count next-token hits (the arg-max of position `t` equals token
+    /// `t + 1`; padding never counts), computed here on the host from the model's logits;
+    /// training steps count none.
+    #[test]
+    fn causal_lm_evaluation_counts_next_token_hits() {
+        let device = reference_device();
+        let model = lmforge_models::lstm_lm::LstmLmConfig::new(7)
+            .with_d_embedding(8)
+            .with_d_hidden(8)
+            .init(&device)
+            .unwrap();
+        // Rows the model itself continues greedily, so every next token is its arg-max (hits
+        // are then many, and a shifted comparison would miss them); the second row is
+        // shorter: its last target position is padding.
+        let argmax =
+            |row: &[f32]| (0..row.len()).fold(0, |m, v| if row[v] > row[m] { v } else { m });
+        let greedy = |start: u32, len: usize| {
+            let mut row = vec![start];
+            while row.len() < len {
+                let ids: Vec<i64> = row.iter().map(|&v| i64::from(v)).collect();
+                let n = ids.len();
+                let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, n]), device);
+                let logits: Vec<f32> = model
+                    .forward(tokens, None)
+                    .0
+                    .into_data()
+                    .try_to_vec()
+                    .unwrap();
+                row.push(argmax(&logits[(n - 1) * 7..]) as u32);
+            }
+            row
+        };
+        let items: Vec<Vec<u32>> = vec![greedy(1, 7), greedy(6, 6)];
+        let task = CausalLmTask::new(0);
+        let mut rng = StdRng::seed_from_u64(0);
+        let mut step = |training| {
+            let mut context = StepContext {
+                device: &device,
+                rng: &mut rng,
+                training,
+                position: 0,
+            };
+            task.step(&model, &items, &mut context).unwrap()
+        };
+        assert!(step(true).correct.is_none());
+        let hits = step(false).correct.unwrap().into_scalar::<i64>();
+
+        let ids: Vec<i64> = [&items[0][..], &items[1][..], &[0]]
+            .concat()
+            .into_iter()
+            .map(i64::from)
+            .collect();
+        let tokens = Tensor::<2, Int>::from_data(TensorData::new(ids, [2, 7]), device);
+        let logits: Vec<f32> = model
+            .forward(tokens, None)
+            .0
+            .into_data()
+            .try_to_vec::<f32>()
+            .unwrap();
+        let mut want = 0;
+        for (b, row) in items.iter().enumerate() {
+            for t in 0..row.len() - 1 {
+                let best = argmax(&logits[(b * 7 + t) * 7..][..7]);
+                want += i64::from(best as u32 == row[t + 1]);
+            }
+        }
+        assert_eq!(want, 11, "every target is the model's own arg-max");
+        assert_eq!(hits, want);
     }
 
     /// The masked-LM step runs the head on the masked positions only; its loss, hit count and

@@ -118,11 +118,18 @@ impl Task<LstmLm> for StatefulLstmTask {
         // A window's last token is only a target here; it is the next window's first input.
         let [_, steps, vocab_size] = logits.dims();
         let targets = tokens.slice([0..batch_size, 1..seq_length]);
+        // Next-token accuracy in evaluation only (training steps skip the arg-max).
+        let hits =
+            (!context.training).then(|| super::correct(logits.clone().detach(), targets.clone()));
         let loss = self.loss.forward(
             logits.reshape([batch_size * steps, vocab_size]),
             targets.reshape([batch_size * steps]),
         );
-        Ok(StepOutput::from_loss(loss, batch_size * steps))
+        let out = StepOutput::from_loss(loss, batch_size * steps);
+        Ok(match hits {
+            Some(hits) => out.with_correct(hits),
+            None => out,
+        })
     }
 }
 
