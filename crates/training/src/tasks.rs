@@ -376,7 +376,7 @@ mod tests {
         let model = lmforge_models::lstm_lm::LstmLmConfig::new(7)
             .with_d_embedding(8)
             .with_d_hidden(8)
-            .init(&device)
+            .init(device)
             .unwrap();
         // Rows the model itself continues greedily, so every next token is its arg-max (hits
         // are then many, and a shifted comparison would miss them); the second row is
@@ -404,7 +404,7 @@ mod tests {
         let mut rng = StdRng::seed_from_u64(0);
         let mut step = |training| {
             let mut context = StepContext {
-                device: &device,
+                device,
                 rng: &mut rng,
                 training,
                 position: 0,
