@@ -168,20 +168,8 @@ simd_dispatch! {
         scale: f32,
     ) {
         let d = q.len();
-        let full = d / LANES * LANES;
         for (j, score) in scores.iter_mut().enumerate() {
-            let key = &k[j * k_rs..][..d];
-            let mut lanes = [0.0f32; LANES];
-            for (a, b) in q[..full].chunks_exact(LANES).zip(key[..full].chunks_exact(LANES)) {
-                for l in 0..LANES {
-                    lanes[l] += a[l] * b[l];
-                }
-            }
-            let mut dot = lanes.iter().sum::<f32>();
-            for (a, b) in q[full..].iter().zip(&key[full..]) {
-                dot += a * b;
-            }
-            *score = dot;
+            *score = dot(q, &k[j * k_rs..][..d]);
         }
         softmax_row(scores, bias, scale);
         let d_v = out.len();
@@ -380,6 +368,29 @@ impl HeadView {
 /// they vectorize (one running `f32` sum would be a serial chain the compiler must keep).
 const LANES: usize = 16;
 
+/// `a · b` over `a.len()` elements in [`LANES`] partial sums, then the tail: inlined into the
+/// `simd_dispatch!` bodies that call it, so it takes their instruction set.
+#[inline(always)]
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len();
+    let (a, b) = (a, &b[..n]);
+    let full = n / LANES * LANES;
+    let mut lanes = [0.0f32; LANES];
+    for (x, y) in a[..full]
+        .chunks_exact(LANES)
+        .zip(b[..full].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            lanes[l] += x[l] * y[l];
+        }
+    }
+    let mut sum = lanes.iter().sum::<f32>();
+    for (x, y) in a[full..].iter().zip(&b[full..]) {
+        sum += x * y;
+    }
+    sum
+}
+
 simd_dispatch! {
     /// `row = softmax(scale * row + bias)` with `bias` 0 where a key is kept and -∞ where it is
     /// masked (masked entries get exactly 0; all zeros when nothing is kept). The mask comes
@@ -435,17 +446,7 @@ simd_dispatch! {
 simd_dispatch! {
     /// The softmax's backward for one row, in place: `ds = scale * p * (ds - <ds, p>)`.
     fn softmax_backward_row(ds: &mut [f32], p: &[f32], scale: f32) {
-        let full = ds.len() / LANES * LANES;
-        let mut lanes = [0.0f32; LANES];
-        for (a, b) in ds[..full].chunks_exact(LANES).zip(p[..full].chunks_exact(LANES)) {
-            for l in 0..LANES {
-                lanes[l] += a[l] * b[l];
-            }
-        }
-        let mut dot = lanes.iter().sum::<f32>();
-        for (a, b) in ds[full..].iter().zip(&p[full..]) {
-            dot += a * b;
-        }
+        let dot = dot(ds, p);
         for (ds, &p) in ds.iter_mut().zip(p) {
             *ds = scale * p * (*ds - dot);
         }

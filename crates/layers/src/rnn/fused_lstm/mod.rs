@@ -394,7 +394,6 @@ fn backward(state: LstmState, grad: &[f32]) -> Grads {
     let w_p = Packed::new(slice(&w), g4, 1, hidden, Source::Rows);
     let split = Split::new(dims, w_p.panel_width());
     let mut dxp_t = writable(gates);
-    let dxp: &mut [f32] = dxp_t.try_storage_mut().expect("unique by construction");
     // `dh`: the gradient flowing into the previous hidden state from the later steps (zero
     // before the last step); `dc`: the cell state's, from the final cell state's gradient.
     let mut dh = vec![0.0f32; batch * hidden];
@@ -403,7 +402,7 @@ fn backward(state: LstmState, grad: &[f32]) -> Grads {
         dc[r * hidden..][..hidden].copy_from_slice(&grad[r * os + seq * hidden..][..hidden]);
     }
     {
-        let a = Shared::new(dxp);
+        let a = Shared::new(dxp_t.try_storage_mut().expect("unique by construction"));
         let (dhs, dcs) = (Shared::new(&mut dh), Shared::new(&mut dc));
         // Phase `q` first finishes `dh` of the step processed in phase `q - 1` (its product
         // needs every unit's gate gradients), then runs the cell backward of the next step.
