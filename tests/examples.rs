@@ -15,6 +15,9 @@ mod bert_mlm;
 #[path = "../examples/bert_ner/main.rs"]
 mod bert_ner;
 #[allow(dead_code)]
+#[path = "../examples/bert_qa/main.rs"]
+mod bert_qa;
+#[allow(dead_code)]
 #[path = "../examples/compress/main.rs"]
 mod compress;
 #[allow(dead_code)]
@@ -26,6 +29,9 @@ mod gpt_char;
 #[allow(dead_code)]
 #[path = "../examples/lstm_lm/main.rs"]
 mod lstm_lm;
+#[allow(dead_code)]
+#[path = "../examples/translate/main.rs"]
+mod translate;
 
 use clap::Parser;
 
@@ -340,4 +346,57 @@ fn generate_example_runs_on_every_decoder_fixture_folder() {
             out.len()
         );
     }
+}
+
+/// The toy language pair: training lowers the loss far below a uniform guess over the
+/// vocabulary, decoding produces translations, and BLEU is scored for greedy and beam search.
+#[test]
+fn translate_trains_and_scores_bleu() {
+    let a: translate::Args = args(
+        "--steps 180 --eval-every 90 --d-model 32 --layers 1 --heads 2 --vocab-size 300 \
+         --valid 100 --test 100 --test-sources 12 --beams 2 --batch-size 32 --dropout 0 \
+         --lr 3e-3 --quiet",
+    );
+    let s = translate::run(&a).unwrap();
+    assert_falls("translate", s.first_loss, s.last_loss);
+    // A uniform guess over ~300 ids costs ln 300 = 5.7 nats per token.
+    assert!(s.valid_loss < 4.0, "validation loss {}", s.valid_loss);
+    assert!(
+        s.valid_accuracy > 0.2,
+        "token accuracy {}",
+        s.valid_accuracy
+    );
+    assert_eq!(s.test_sources, 12);
+    assert!((0.0..=100.0).contains(&s.bleu_greedy) && (0.0..=100.0).contains(&s.bleu_beam));
+    assert!(s.samples.iter().all(|(_, hyp, _)| !hyp.is_empty()));
+}
+
+/// The same model as a denoising auto-encoder: it learns to reconstruct, and reconstruction
+/// BLEU of noisy test sentences is scored.
+#[test]
+fn translate_denoises() {
+    let a: translate::Args = args(
+        "--denoise --steps 180 --eval-every 90 --d-model 32 --layers 1 --heads 2 \
+         --vocab-size 300 --valid 100 --test 100 --test-sources 8 --beams 2 --batch-size 32 \
+         --dropout 0 --lr 3e-3 --quiet",
+    );
+    let s = translate::run(&a).unwrap();
+    assert_falls("translate --denoise", s.first_loss, s.last_loss);
+    assert!(s.valid_loss < 3.0, "validation loss {}", s.valid_loss);
+}
+
+/// Question answering on generated passages: the span loss falls well below a uniform guess
+/// over the window's positions, and the test questions are scored with SQuAD's EM and F1.
+#[test]
+fn bert_qa_fine_tunes_and_scores_squad_metrics() {
+    let a: bert_qa::Args = args(
+        "--steps 60 --eval-every 30 --batch-size 16 --max-length 96 --stride 32 \
+         --max-question-tokens 16 --test-questions 40 --quiet",
+    );
+    let s = bert_qa::run(&a).unwrap();
+    assert_falls("bert_qa", s.first_loss, s.last_loss);
+    // Passages of 4-6 facts are ~40-70 tokens: a uniform guess costs ln 40 = 3.7 or more.
+    assert!(s.valid_loss < 3.0, "validation loss {}", s.valid_loss);
+    assert_eq!(s.test_questions, 40);
+    assert!((0.0..=100.0).contains(&s.exact_match) && s.f1 >= s.exact_match);
 }

@@ -1,5 +1,6 @@
-//! Losses of classification heads: whole sequences (sentiment, NSP) and single tokens (NER,
-//! part-of-speech tagging, masked-LM predictions).
+//! Losses of classification heads: whole sequences (sentiment, NSP), single tokens (NER,
+//! part-of-speech tagging, masked-LM predictions) and answer spans (extractive question
+//! answering).
 
 use burn::tensor::{Int, Tensor};
 
@@ -76,6 +77,52 @@ pub fn token_classification_loss(
     loss.forward(logits.reshape([n, n_classes]), labels.reshape([n]))
 }
 
+/// Extractive question answering: the mean of the cross-entropies of the answer's start and
+/// end positions over the sequence, as HuggingFace's `BertForQuestionAnswering` computes it
+/// (`(start_loss + end_loss) / 2`). Every reported sum (`sum`, `nll_sum`) is the mean of the
+/// two sums and `count` the number of counted examples, so the evaluation loss is that
+/// same mean.
+///
+/// Positions equal to the ignore index do not count (windows without an answer are usually
+/// labelled with position 0, the `[CLS]` token, instead).
+///
+/// # Shapes
+/// - `start_logits`, `end_logits`: `[batch_size, seq_length]`
+/// - `start_positions`, `end_positions`: `[batch_size]`, each below `seq_length` (or ignored)
+///
+/// # Panics
+/// When the shapes disagree.
+pub fn span_loss(
+    start_logits: Tensor<2>,
+    end_logits: Tensor<2>,
+    start_positions: Tensor<1, Int>,
+    end_positions: Tensor<1, Int>,
+    loss: &CrossEntropy,
+) -> LossOutput {
+    assert_eq!(
+        start_logits.dims(),
+        end_logits.dims(),
+        "span_loss: start and end logits differ in shape"
+    );
+    let [batch_size, _] = start_logits.dims();
+    for positions in [&start_positions, &end_positions] {
+        assert_eq!(
+            positions.dims(),
+            [batch_size],
+            "span_loss: {batch_size} rows of logits but positions of shape {:?}",
+            positions.dims()
+        );
+    }
+    let start = loss.forward(start_logits, start_positions);
+    let end = loss.forward(end_logits, end_positions);
+    LossOutput {
+        loss: (start.loss + end.loss).div_scalar(2.0),
+        sum: (start.sum + end.sum).div_scalar(2.0),
+        nll_sum: (start.nll_sum + end.nll_sum).div_scalar(2.0),
+        count: start.count,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use burn::tensor::TensorData;
@@ -101,6 +148,43 @@ mod tests {
         let labels = Tensor::<1, Int>::from_data(TensorData::new(vec![1i64], [1]), d);
         let out = next_sentence_loss(logits, labels, &CrossEntropy::new());
         assert!((out.loss_value() - 2f64.ln()).abs() < 1e-6);
+    }
+
+    /// Against a hand computation: -log softmax(start)[s] and -log softmax(end)[e], averaged
+    /// over the two and over the rows.
+    #[test]
+    fn span_loss_is_the_mean_of_start_and_end_cross_entropies() {
+        let d = reference_device();
+        let starts = [[0.5f32, -1.0, 2.0, 0.0], [1.5, 0.3, -0.7, 0.2]];
+        let ends = [[-0.2f32, 0.9, 0.1, 1.1], [0.0, 2.5, -1.5, 0.4]];
+        let (s_pos, e_pos) = ([2usize, 0], [3usize, 1]);
+        let nll = |row: &[f32; 4], k: usize| {
+            let log_sum = row.iter().map(|&v| f64::from(v).exp()).sum::<f64>().ln();
+            log_sum - f64::from(row[k])
+        };
+        let expected = (0..2)
+            .map(|r| (nll(&starts[r], s_pos[r]) + nll(&ends[r], e_pos[r])) / 2.0)
+            .sum::<f64>()
+            / 2.0;
+        let flat =
+            |m: [[f32; 4]; 2]| Tensor::<2>::from_data(TensorData::new(m.concat(), [2, 4]), d);
+        let pos = |p: [usize; 2]| {
+            Tensor::<1, Int>::from_data(TensorData::new(p.map(|v| v as i64).to_vec(), [2]), d)
+        };
+        let out = span_loss(
+            flat(starts),
+            flat(ends),
+            pos(s_pos),
+            pos(e_pos),
+            &CrossEntropy::new(),
+        );
+        assert_eq!(out.count_value(), 2);
+        assert!(
+            (out.loss_value() - expected).abs() < 1e-6,
+            "{} vs {expected}",
+            out.loss_value()
+        );
+        assert!((out.nll_sum_value() - 2.0 * expected).abs() < 1e-5);
     }
 
     #[test]

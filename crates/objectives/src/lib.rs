@@ -7,6 +7,8 @@
 //! - [`causal_lm`]: next-token loss (the shift happens inside).
 //! - [`masked_lm`]: BERT's masking (15% of tokens, 80% `[MASK]` / 10% random / 10% unchanged,
 //!   never special or padding tokens, optional whole-word masking), seeded, and its loss.
+//! - [`denoising`]: the noise of denoising auto-encoding (token drop, blanking, local
+//!   shuffle), seeded.
 //! - [`classification`]: sequence classification, next-sentence prediction and token
 //!   classification losses.
 //! - [`metrics`]: perplexity from summed NLL, accuracy, macro precision/recall/F1 and
@@ -34,6 +36,7 @@
 pub mod causal_lm;
 pub mod classification;
 mod cross_entropy;
+pub mod denoising;
 mod error;
 pub mod masked_lm;
 pub mod metrics;

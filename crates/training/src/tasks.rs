@@ -1,20 +1,22 @@
 //! [`Task`]s for lmforge's models: causal LM (GPT, LSTM LM, and the LSTM LM with its state
 //! carried across batches), masked LM and BERT pre-training, sequence and token
-//! classification.
+//! classification, extractive question answering, sequence-to-sequence (translation) and
+//! denoising auto-encoding.
 
 use burn::tensor::{Bool, Int, Tensor, TensorData};
 use lmforge_data::batcher::{Batcher, PaddedRows};
 use lmforge_data::dataset::conll::AlignedExample;
+use lmforge_data::dataset::squad::QaFeature;
 use lmforge_data::tokenizer::Encoding;
 use lmforge_models::bert::{
-    BertForMaskedLm, BertForPreTraining, BertForSequenceClassification, BertForTokenClassification,
-    BertInput,
+    BertForMaskedLm, BertForPreTraining, BertForQuestionAnswering, BertForSequenceClassification,
+    BertForTokenClassification, BertInput,
 };
 use lmforge_models::gpt::Gpt;
 use lmforge_models::lstm_lm::LstmLm;
 use lmforge_objectives::causal_lm::causal_lm_loss;
 use lmforge_objectives::classification::{
-    next_sentence_loss, sequence_classification_loss, token_classification_loss,
+    next_sentence_loss, sequence_classification_loss, span_loss, token_classification_loss,
 };
 use lmforge_objectives::masked_lm::MaskingConfig;
 use lmforge_objectives::{CrossEntropy, IGNORE_INDEX};
@@ -22,8 +24,10 @@ use rand::Rng;
 
 use crate::task::{StepContext, StepOutput, Task, TaskError};
 
+mod seq2seq;
 mod stateful;
 
+pub use seq2seq::{DenoisingTask, Seq2SeqTask};
 pub use stateful::{StatefulLstmTask, stream_windows};
 
 /// A model that maps token ids to next-token logits.
@@ -337,6 +341,82 @@ impl Task<BertForTokenClassification> for TokenClassificationTask {
         let logits = model.forward(input).logits;
         let hits = correct(logits.clone().detach(), labels.clone());
         let loss = token_classification_loss(logits, labels, &self.loss);
+        Ok(StepOutput::from_loss(loss, tokens).with_correct(hits))
+    }
+}
+
+/// Extractive question answering on [`QaFeature`]s (a question and a window of its context,
+/// from [`QaWindowConfig::features`](lmforge_data::dataset::squad::QaWindowConfig::features)):
+/// the span loss of the answer's start and end tokens. Counts the windows whose predicted start
+/// and end (arg-max of each) are both right. Answer text, exact match and F1 come from the
+/// logits through [`best_spans`](lmforge_data::dataset::squad::best_spans) (see the `bert_qa`
+/// example).
+#[derive(Clone, Debug)]
+pub struct QuestionAnsweringTask {
+    /// Pads the batch (features must fit its maximum length: windows are cut to size when
+    /// they are made, never truncated here).
+    pub batcher: Batcher,
+    /// The loss of each of the two positions.
+    pub loss: CrossEntropy,
+}
+
+impl QuestionAnsweringTask {
+    /// A task with plain cross-entropy.
+    pub fn new(batcher: Batcher) -> Self {
+        Self {
+            batcher,
+            loss: CrossEntropy::new(),
+        }
+    }
+}
+
+impl Task<BertForQuestionAnswering> for QuestionAnsweringTask {
+    type Item = QaFeature;
+
+    fn step(
+        &self,
+        model: &BertForQuestionAnswering,
+        items: &[QaFeature],
+        context: &mut StepContext<'_>,
+    ) -> Result<StepOutput, TaskError> {
+        let mut starts = Vec::with_capacity(items.len());
+        let mut ends = Vec::with_capacity(items.len());
+        for f in items {
+            let n = f.encoding.len();
+            if f.start_position >= n || f.end_position >= n || f.end_position < f.start_position {
+                return Err(format!(
+                    "question-answering window of {n} tokens has the answer span {}..={}",
+                    f.start_position, f.end_position
+                )
+                .into());
+            }
+            if let Some(max) = self.batcher.config().max_length
+                && n > max
+            {
+                return Err(lmforge_data::DataError::SequenceTooLong { length: n, max }.into());
+            }
+            starts.push(f.start_position as i64);
+            ends.push(f.end_position as i64);
+        }
+        let encodings: Vec<Encoding> = items.iter().map(|f| f.encoding.clone()).collect();
+        let batch = self.batcher.batch(&encodings, context.device)?;
+        let tokens = batch.lengths.iter().sum();
+        let n = items.len();
+        let starts = Tensor::<1, Int>::from_data(TensorData::new(starts, [n]), context.device);
+        let ends = Tensor::<1, Int>::from_data(TensorData::new(ends, [n]), context.device);
+        let input = BertInput::new(batch.input_ids)
+            .with_token_types(batch.type_ids)
+            .with_mask_pad(batch.padding_mask);
+        let out = model.forward(input);
+        let predicted = |logits: &Tensor<2>| -> Tensor<1, Int> {
+            logits.clone().detach().argmax(1).squeeze_dim(1)
+        };
+        let hits = predicted(&out.start_logits)
+            .equal(starts.clone())
+            .int()
+            .mul(predicted(&out.end_logits).equal(ends.clone()).int())
+            .sum();
+        let loss = span_loss(out.start_logits, out.end_logits, starts, ends, &self.loss);
         Ok(StepOutput::from_loss(loss, tokens).with_correct(hits))
     }
 }

@@ -6,6 +6,8 @@
 //!   random sentence from another document).
 //! - [`tsv`]: text classification from TSV files (configurable columns, optional header).
 //! - [`conll`]: CoNLL-style token labels, aligned to sub-word tokens.
+//! - [`squad`]: extractive question answering (SQuAD JSON, stride windows, span decoding).
+//! - [`parallel`]: sentence pairs for translation (TSV), with a held-out split by source.
 //! - [`stream`]: line and token-block readers that stream large files.
 //!
 //! Every reader reports malformed input with its file and line number, and [`shuffle`]
@@ -15,6 +17,8 @@ pub mod conll;
 mod labels;
 pub mod lm_blocks;
 pub mod nsp;
+pub mod parallel;
+pub mod squad;
 pub mod stream;
 pub mod tsv;
 

@@ -36,6 +36,9 @@ fn guarded<T>(context: &str, call: impl FnOnce() -> tokenizers::Result<T>) -> Re
     }
 }
 
+/// A byte range `start..end` in a text, as `(start, end)`.
+pub type ByteRange = (usize, usize);
+
 /// Options for training a BERT-style WordPiece vocabulary
 /// ([`HfTokenizer::train_wordpiece`]).
 #[derive(Clone, Debug, PartialEq)]
@@ -325,6 +328,21 @@ impl HfTokenizer {
     /// sequence length), if any.
     pub fn max_length(&self) -> Option<usize> {
         self.max_length
+    }
+
+    /// Tokenizes `text` without special tokens and returns each token's id with its byte
+    /// range `start..end` in `text` (after normalization, mapped back to the original text,
+    /// so `&text[start..end]` is what the token covers). Question answering maps answers to
+    /// tokens and predicted spans back to text with it.
+    ///
+    /// # Errors
+    /// [`DataError::Tokenizer`] when the underlying tokenizer fails.
+    pub fn encode_with_offsets(
+        &self,
+        text: &str,
+    ) -> Result<(Vec<u32>, Vec<ByteRange>), DataError> {
+        let encoding = guarded("encoding", || self.inner.encode(text, false))?;
+        Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
     }
 
     /// The underlying `tokenizers` tokenizer.

@@ -17,7 +17,7 @@ mod normalize;
 mod word;
 
 pub use self::char::CharTokenizer;
-pub use hf::{BpeTrainOptions, HfTokenizer, WordPieceTrainOptions};
+pub use hf::{BpeTrainOptions, ByteRange, HfTokenizer, WordPieceTrainOptions};
 pub use normalize::Normalization;
 pub use word::{WordSplit, WordTokenizer, WordVocabOptions, split_words};
 
