@@ -337,10 +337,7 @@ impl HfTokenizer {
     ///
     /// # Errors
     /// [`DataError::Tokenizer`] when the underlying tokenizer fails.
-    pub fn encode_with_offsets(
-        &self,
-        text: &str,
-    ) -> Result<(Vec<u32>, Vec<ByteRange>), DataError> {
+    pub fn encode_with_offsets(&self, text: &str) -> Result<(Vec<u32>, Vec<ByteRange>), DataError> {
         let encoding = guarded("encoding", || self.inner.encode(text, false))?;
         Ok((encoding.get_ids().to_vec(), encoding.get_offsets().to_vec()))
     }
