@@ -402,7 +402,11 @@ mod tests {
         let words = "[PAD] [UNK] [CLS] [SEP] [MASK] the river flows past old mill and into \
                      lake where boats wait for summer visitors who come from north town . , ? \
                      what does flow which eire is in europe ##s ##ing boat visit ##or";
-        let dir = std::env::temp_dir().join(format!("lmforge-squad-vocab-{}", std::process::id()));
+        // One folder per call: tests run in parallel and each removes its own.
+        static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let call = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("lmforge-squad-vocab-{}-{call}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let file = dir.join("vocab.txt");
         std::fs::write(
